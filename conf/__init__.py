@@ -1,0 +1,1 @@
+"""Hydra configs, installed as the package nbeval.conf (found as pkg://nbeval.conf)."""

@@ -1,0 +1,132 @@
+"""Content-addressed cache shared by runs: images by sha256, plus indexes of generations and scores.
+
+- Images are PNG files named by the sha256 of their bytes, written to a temporary name and renamed
+  into place, so a reader never sees half a file and a killed writer leaves no corrupt entry.
+- The indexes live in one SQLite database (WAL mode, busy timeout): several processes and several
+  runs can read and write at once, and each entry is committed as soon as its work is done, so a run
+  killed halfway resumes without redoing anything already finished.
+- Generations are keyed by (model fingerprint, sample key, turn) — the model is part of the key, so
+  one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
+  sha256, truth hash). Only successes are cached; a failure is retried on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+    model_fp TEXT NOT NULL, sample_key TEXT NOT NULL, turn INTEGER NOT NULL,
+    image_sha256 TEXT NOT NULL, seconds REAL NOT NULL, manifest TEXT NOT NULL,
+    PRIMARY KEY (model_fp, sample_key, turn)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    scorer_fp TEXT NOT NULL, image_sha256 TEXT NOT NULL, truth_hash TEXT NOT NULL,
+    reading TEXT NOT NULL,
+    PRIMARY KEY (scorer_fp, image_sha256, truth_hash)
+);
+"""
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Cache:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser()
+        self.images = self.root / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        # One connection per process: a connection must not cross a fork.
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
+
+    # -- images ---------------------------------------------------------------------------------
+    def image_path(self, sha: str) -> Path:
+        return self.images / sha[:2] / f"{sha}.png"
+
+    def put_image(self, img: Image.Image) -> str:
+        data = encode_png(img.convert("RGB"))
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.image_path(sha)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return sha
+
+    def get_image(self, sha: str) -> Image.Image:
+        with Image.open(self.image_path(sha)) as im:
+            return im.convert("RGB")
+
+    def has_image(self, sha: str) -> bool:
+        return self.image_path(sha).exists()
+
+    # -- generation index -----------------------------------------------------------------------
+    def get_generation(self, model_fp: str, sample_key: str, turn: int) -> dict | None:
+        row = self.conn.execute(
+            "SELECT image_sha256, seconds, manifest FROM generations WHERE model_fp=? AND sample_key=? AND turn=?",
+            (model_fp, sample_key, turn),
+        ).fetchone()
+        if row is None or not self.has_image(row[0]):
+            return None
+        return {"image_sha256": row[0], "seconds": row[1], "manifest": json.loads(row[2])}
+
+    def put_generation(self, model_fp: str, sample_key: str, turn: int, image_sha256: str, seconds: float, manifest: dict) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?, ?)",
+            (model_fp, sample_key, turn, image_sha256, seconds, json.dumps(manifest, sort_keys=True)),
+        )
+
+    # -- score index ----------------------------------------------------------------------------
+    def get_reading(self, scorer_fp: str, image_sha256: str, truth_hash: str) -> dict | None:
+        row = self.conn.execute(
+            "SELECT reading FROM scores WHERE scorer_fp=? AND image_sha256=? AND truth_hash=?",
+            (scorer_fp, image_sha256, truth_hash),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_readings(self, scorer_fp: str, items: list[tuple[str, str, dict]]) -> None:
+        """Store (image sha256, truth hash, reading) triples in one transaction."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
+                [(scorer_fp, sha, th, json.dumps(r, sort_keys=True)) for sha, th, r in items],
+            )
+
+    def stats(self) -> dict[str, int]:
+        n_gen = self.conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        n_sc = self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        n_img = sum(1 for _ in self.images.glob("*/*.png"))
+        return {"generations": n_gen, "scores": n_sc, "images": n_img}

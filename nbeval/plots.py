@@ -1,0 +1,34 @@
+"""Plotting shared by suites and reports: matplotlib on the Agg backend (no display needed).
+Import `plt` from here so the backend is chosen before pyplot loads."""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # numeric-looking labels are fine
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from nbeval.stats import Estimate  # noqa: E402
+
+
+def bar_with_ci(ax: Axes, estimates: dict[str, Estimate], title: str, ylim: tuple[float, float] | None = None) -> None:
+    """Bars of point estimates with their confidence intervals as error bars, labelled with n."""
+    labels = list(estimates)
+    vals = [estimates[k].value for k in labels]
+    lo = [estimates[k].value - estimates[k].ci_low for k in labels]
+    hi = [estimates[k].ci_high - estimates[k].value for k in labels]
+    ax.bar(labels, vals, yerr=[lo, hi], capsize=4, color="#4c72b0")
+    for i, k in enumerate(labels):
+        ax.annotate(f"n={estimates[k].n}", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7, color="white")
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelrotation=30)
+
+
+__all__ = ["bar_with_ci", "plt"]

@@ -1,0 +1,152 @@
+"""What a run leaves in its folder: `results.json`, `summary.md`, and per suite a sample grid and plots.
+
+results.json (schema_version 1) holds:
+- `schema_version`, `nbeval_version`, `created_at` (UTC ISO 8601), `git_sha` (of the nbeval checkout,
+  null when not a git checkout), `versions` (python and key packages), `config` (resolved Hydra config),
+  `n`, `seed`;
+- `model`: `name`, `fingerprint`, `settings`; `scorers`: role → card (class, weights checksums,
+  preprocessing) and `fingerprint`;
+- `suites`: name → `version`, `params`, `samples_fingerprint` (hash of the sample keys: equal means the
+  same samples), `n_samples`, `n_failed_generations`, `n_failed_scores`, `cached_generations`,
+  `seconds` (stage → s), `tables` (relative paths of the Parquet tables), and `metrics`:
+  metric → {`value`, `ci_low`, `ci_high`, `n`, `method` ("wilson" | "bootstrap"), `higher_is_better`
+  (true, false, or null when closer to zero is better)}.
+Metric names follow MLflow's: `<suite>/<metric>` there, `suites.<suite>.metrics.<metric>` here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from nbeval.cache import Cache
+from nbeval.records import content_hash
+from nbeval.runner import SuiteResult, write_tables
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("nbeval", "torch", "easyocr", "open_clip_torch", "numpy", "pandas", "pillow", "hydra-core", "mlflow", "scipy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_sha() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def suite_record(r: SuiteResult, out_dir: Path) -> dict:
+    d = write_tables(r, out_dir)
+    return {
+        "version": r.suite.version,
+        "params": r.suite.params(),
+        "samples_fingerprint": content_hash(sorted(r.samples["sample_key"])),
+        "n_samples": len(r.samples),
+        "n_failed_generations": r.n_failed_generations,
+        "n_failed_scores": r.n_failed_scores,
+        "cached_generations": int(r.generations["cached"].sum()),
+        "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
+        "tables": {t: str((d / f"{t}.parquet").relative_to(out_dir)) for t in ("samples", "generations", "scores")},
+        "metrics": {
+            name: {**est.to_dict(), "higher_is_better": spec.higher_is_better if (spec := r.suite.spec(name)) else None}
+            for name, est in r.metrics.items()
+        },
+    }
+
+
+def sample_grid(r: SuiteResult, cache: Cache, k: int = 16, tile: int = 160) -> Image.Image:
+    """Up to `k` generations in a square grid, each captioned with its sample id and headline value."""
+    ok = r.generations[r.generations["image_sha256"].notna()].head(k)
+    headline = r.suite.headline[0] if r.suite.headline else None
+    values = {}
+    if headline is not None and len(r.scores):
+        sel = r.scores[r.scores["metric"] == headline]
+        values = dict(zip(sel["sample_id"], sel["value"]))
+    cols = max(1, min(4, len(ok)))
+    rows = max(1, -(-len(ok) // cols))
+    grid = Image.new("RGB", (cols * tile, rows * (tile + 14)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i, (sid, sha) in enumerate(zip(ok["sample_id"], ok["image_sha256"])):
+        x, y = (i % cols) * tile, (i // cols) * (tile + 14)
+        grid.paste(cache.get_image(sha).resize((tile - 4, tile - 4)), (x + 2, y + 2))
+        v = values.get(sid)
+        caption = sid.split("-", 1)[-1] + (f"  {headline}={v:.2f}" if v is not None else "")
+        draw.text((x + 3, y + tile), caption, fill="black", font=font)
+    return grid
+
+
+def build_results(cfg: dict, model, scorers: dict, results: list[SuiteResult], out_dir: Path) -> dict:
+    from nbeval import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "nbeval_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "config": cfg,
+        "n": cfg.get("n"),
+        "seed": cfg.get("seed"),
+        "model": {"name": model.name, "fingerprint": model.fingerprint, "settings": model.settings()},
+        "scorers": {role: {**s.card(), "fingerprint": s.fingerprint} for role, s in scorers.items()},
+        "suites": {r.suite.name: suite_record(r, out_dir) for r in results},
+    }
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def summary_markdown(res: dict, suites: dict) -> str:
+    """A short human-readable summary: headline metrics with CIs, then failures and timing."""
+    lines = [f"# nbeval: {res['model']['name']} (n={res['n']}, seed={res['seed']})", ""]
+    lines += ["| suite | metric | value [95% CI] | n |", "|---|---|---|---|"]
+    for name, rec in res["suites"].items():
+        suite = suites[name]
+        for metric in [m.name for m in suite.metrics]:
+            if metric in rec["metrics"]:
+                m = rec["metrics"][metric]
+                star = " **" if metric in suite.headline else " "
+                lines.append(f"| {name} |{star}{metric}{star.strip()} | {_fmt(m)} | {m['n']} |")
+    lines.append("")
+    for name, rec in res["suites"].items():
+        lines.append(
+            f"- {name}: {rec['n_samples']} samples, {rec['n_failed_generations']} failed generations, "
+            f"{rec['n_failed_scores']} failed scores, {rec['cached_generations']} generations from cache, "
+            f"{rec['seconds']['total']:.1f} s"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path) -> None:
+    """results.json, summary.md, and per suite its sample grid and plots as PNG."""
+    from nbeval.plots import plt
+
+    for r in results:
+        d = out_dir / r.suite.name
+        sample_grid(r, cache).save(d / "sample_grid.png")
+        (d / "plots").mkdir(exist_ok=True)
+        valid = r.scores[r.scores["error"].isna()]
+        if len(valid):
+            for name, fig in r.suite.plots(valid, r.samples).items():
+                fig.savefig(d / "plots" / f"{name}.png", dpi=100)
+                plt.close(fig)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    (out_dir / "summary.md").write_text(summary_markdown(res, {r.suite.name: r.suite for r in results}))

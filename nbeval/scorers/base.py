@@ -1,0 +1,37 @@
+"""The scorer protocol: images (+ the truth they should show) in, one JSON-able reading per image out.
+
+A reading is what the scorer saw (the text OCR read, the objects the counter found); suites turn
+readings into metric values. Readings are cached by (fingerprint, image, truth), so a scorer whose
+reading does not depend on the truth says so (`uses_truth = False`) and is cached across suites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+
+from PIL import Image
+
+from nbeval.records import canonical_json
+
+
+class Scorer(ABC):
+    name: str = "scorer"
+    uses_truth: bool = False
+
+    def settings(self) -> dict:
+        """Everything that changes readings (weights checksums, preprocessing); part of the fingerprint."""
+        return {}
+
+    def card(self) -> dict:
+        """What a reader of the results needs to know to trust or reproduce the readings."""
+        return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}", **self.settings()}
+
+    @property
+    def fingerprint(self) -> str:
+        blob = canonical_json({"class": type(self).__qualname__, "settings": self.settings()})
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @abstractmethod
+    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+        """One reading per image, in order. Raise only for a whole-batch failure."""

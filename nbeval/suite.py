@@ -1,0 +1,88 @@
+"""The suite protocol. A suite makes samples with exact truth, turns scorer readings into metric
+values and aggregates them with confidence intervals; the runner does the generating, the scoring
+calls and the caching, so every suite gets batching and resume for free."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pandas as pd
+
+from nbeval.records import Sample, Score
+from nbeval.stats import Estimate, bootstrap_mean, proportion
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    higher_is_better: bool | None  # None: closer to zero is better (a bias)
+    description: str
+    proportion: bool = False  # Wilson interval instead of bootstrap
+
+
+class Suite(ABC):
+    name: str = "suite"
+    version: str = "1"
+    scorers: tuple[str, ...] = ()  # scorer roles it reads images with, e.g. ("ocr",)
+    capabilities: frozenset[str] = frozenset({"generate"})
+    metrics: tuple[MetricSpec, ...] = ()
+    headline: tuple[str, ...] = ()  # metrics shown first in summaries
+
+    def __init__(self, image_size: int = 256) -> None:
+        self.image_size = image_size
+
+    def params(self) -> dict:
+        """Everything that shapes the samples; recorded in results.json and part of sample keys."""
+        return {"image_size": self.image_size}
+
+    @abstractmethod
+    def samples(self, n: int, seed: int) -> list[Sample]:
+        """`n` samples, a pure function of (params, n, seed)."""
+
+    def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
+        """What scorer `role` needs to know of the truth (empty for scorers that just read)."""
+        return {}
+
+    @abstractmethod
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        """Metric rows for one generated turn, from each scorer role's reading of it."""
+
+    @abstractmethod
+    def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
+        """Metric name → estimate with CI. `scores` holds only rows without errors."""
+
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+        """Name → matplotlib Figure; none by default."""
+        return {}
+
+    def spec(self, metric: str) -> MetricSpec | None:
+        base = metric.split("/")[0]
+        return next((m for m in self.metrics if m.name == base), None)
+
+
+def wide_table(scores: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (sample, turn), one column per metric, plus the samples' tags as columns."""
+    wide = scores.pivot_table(index=["sample_id", "turn"], columns="metric", values="value", aggfunc="first")
+    wide = wide.reset_index()
+    wide.columns.name = None
+    tags = pd.DataFrame([json.loads(t) for t in samples["tags"]], index=samples["sample_id"])
+    return wide.merge(tags, left_on="sample_id", right_index=True, how="left")
+
+
+def estimate(values: pd.Series, spec: MetricSpec) -> Estimate:
+    return proportion(values.to_numpy()) if spec.proportion else bootstrap_mean(values.to_numpy())
+
+
+def estimate_metrics(wide: pd.DataFrame, specs: tuple[MetricSpec, ...], breakdowns: tuple[str, ...] = ()) -> dict[str, Estimate]:
+    """Each metric overall and per value of each breakdown column: `<metric>/<column>_<value>`."""
+    out: dict[str, Estimate] = {}
+    for spec in specs:
+        if spec.name not in wide:
+            continue
+        out[spec.name] = estimate(wide[spec.name], spec)
+        for col in breakdowns:
+            for value, group in wide.groupby(col, sort=True):
+                out[f"{spec.name}/{col}_{value}"] = estimate(group[spec.name], spec)
+    return out

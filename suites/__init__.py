@@ -1,0 +1,1 @@
+"""nbeval's own suites. Each is registered under the `nbeval.suites` entry-point group."""

@@ -1,0 +1,134 @@
+"""Object counting: are there exactly as many objects as the prompt asked for?
+
+Requested counts 1–8 are stratified (round robin) and alternate between one kind and two kinds
+("three red circles and two blue squares"). The shape counter reads every (colour, kind) in the image.
+- exact_accuracy: every requested (colour, kind) has its exact count and nothing else is present;
+- geneval_pass: GenEval's counting rule — per requested object class (kind), the detected number
+  equals the requested one; colours and extra classes are ignored;
+- mae / bias: mean absolute / signed error of the counts of the requested groups;
+- off-by-k: how often a requested group's count is off by k (−3…+3, clipped).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+
+from nbeval.plots import bar_with_ci, plt
+from nbeval.records import Sample, Score, canonical_json
+from nbeval.stats import Estimate, proportion
+from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
+from nbeval.world import COLOURS, SHAPE_KINDS, Scene, place_shapes, scene_prompt
+from nbeval.world.prompts import N_PHRASINGS
+
+OFF_BY_RANGE = range(-3, 4)
+
+
+class CountingSuite(Suite):
+    name = "counting"
+    version = "1"
+    scorers = ("counter",)
+    metrics = (
+        MetricSpec("exact_accuracy", True, "all requested groups exact, nothing else present", proportion=True),
+        MetricSpec("geneval_pass", True, "GenEval counting rule: per requested kind, count equals request", proportion=True),
+        MetricSpec("mae", False, "mean absolute count error over requested groups"),
+        MetricSpec("bias", None, "mean signed count error (positive = too many); ideal 0"),
+        MetricSpec("off_by_k", None, "share of requested groups whose count is off by k (k = −3…+3, clipped)", proportion=True),
+    )
+    headline = ("exact_accuracy", "mae")
+
+    def __init__(self, image_size: int = 256, max_count: int = 8, max_second: int = 4) -> None:
+        super().__init__(image_size)
+        if not 1 <= max_count <= 10:
+            raise ValueError(f"max_count must be in 1..10, got {max_count}")
+        self.max_count, self.max_second = max_count, max_second
+
+    def params(self) -> dict:
+        return {**super().params(), "max_count": self.max_count, "max_second": self.max_second}
+
+    def samples(self, n: int, seed: int) -> list[Sample]:
+        out = []
+        for i in range(n):
+            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            count = i % self.max_count + 1
+            two_kinds = (i // self.max_count) % 2 == 1
+            kinds = rng.sample(SHAPE_KINDS, 2 if two_kinds else 1)
+            colours = rng.sample(list(COLOURS), len(kinds))
+            counts = [count] + ([rng.randint(1, self.max_second)] if two_kinds else [])
+            size = "large" if sum(counts) <= 3 and rng.random() < 0.5 else rng.choice(["small", "medium"])
+            specs = [(k, c, size) for k, c, m in zip(kinds, colours, counts) for _ in range(m)]
+            scene = Scene(shapes=place_shapes(rng, specs))
+            groups = [{"kind": k, "colour": c, "count": m} for k, c, m in zip(kinds, colours, counts)]
+            out.append(
+                Sample(
+                    id=f"{self.name}-{seed}-{i:05d}",
+                    suite=self.name,
+                    prompt=scene_prompt(scene, phrasing=rng.randrange(N_PHRASINGS), grouped=True),
+                    truth=({"scene": scene.to_dict(), "groups": groups},),
+                    seed=seed * 1_000_003 + i,
+                    tags={"count": count, "kinds": len(kinds)},
+                )
+            )
+        return out
+
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        found: dict[str, int] = readings["counter"]["counts"]
+        groups = sample.truth[turn]["groups"]
+        errors = [found.get(f"{g['colour']} {g['kind']}", 0) - g["count"] for g in groups]
+        requested = {f"{g['colour']} {g['kind']}" for g in groups}
+        extra = sum(v for k, v in found.items() if k not in requested)
+        by_kind: dict[str, int] = {}
+        for key, v in found.items():
+            by_kind[key.split()[1]] = by_kind.get(key.split()[1], 0) + v
+        want_kind: dict[str, int] = {}
+        for g in groups:
+            want_kind[g["kind"]] = want_kind.get(g["kind"], 0) + g["count"]
+        values = {
+            "exact_accuracy": float(all(e == 0 for e in errors) and extra == 0),
+            "geneval_pass": float(all(by_kind.get(k, 0) == v for k, v in want_kind.items())),
+            "mae": float(np.mean(np.abs(errors))),
+            "bias": float(np.mean(errors)),
+        }
+        detail = json.dumps({"found": found, "requested": {f"{g['colour']} {g['kind']}": g["count"] for g in groups}, "errors": errors, "extra": extra})
+        return [Score(sample.id, turn, "counter", m, v, detail) for m, v in values.items()]
+
+    @staticmethod
+    def _group_errors(scores: pd.DataFrame) -> np.ndarray:
+        """Signed error of every requested group, from the score details."""
+        details = scores.drop_duplicates(["sample_id", "turn"])["detail"]
+        return np.array([e for d in details for e in json.loads(d)["errors"]], dtype=int)
+
+    def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
+        out = estimate_metrics(wide_table(scores, samples), self.metrics, breakdowns=("count", "kinds"))
+        errors = np.clip(self._group_errors(scores), OFF_BY_RANGE.start, OFF_BY_RANGE.stop - 1)
+        for k in OFF_BY_RANGE:
+            out[f"off_by_k/{k}"] = proportion((errors == k).astype(float))
+        return out
+
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+        wide = wide_table(scores, samples)
+        by_count = estimate_metrics(wide, self.metrics[:1], ("count",))
+        first = scores.drop_duplicates(["sample_id", "turn"])
+        requested = [next(iter(json.loads(d)["requested"].values())) for d in first["detail"]]
+        found = [r + json.loads(d)["errors"][0] for r, d in zip(requested, first["detail"])]
+        top = max(requested + found + [1])
+        confusion = np.zeros((top + 1, top + 1), dtype=int)
+        for r, f in zip(requested, found):
+            confusion[f, r] += 1
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        bar_with_ci(axes[0], {k.split("/count_")[1]: v for k, v in by_count.items() if "/count_" in k}, "exact accuracy by requested count", ylim=(0, 1.05))
+        errs = np.clip(self._group_errors(scores), -3, 3)
+        axes[1].bar([f"{k:+d}" for k in OFF_BY_RANGE], [(errs == k).mean() if len(errs) else 0 for k in OFF_BY_RANGE], color="#dd8452")
+        axes[1].set_title("off-by-k (found − requested, per group)")
+        axes[2].imshow(confusion, origin="lower", cmap="Blues")
+        for (y, x), v in np.ndenumerate(confusion):
+            if v:
+                axes[2].text(x, y, str(v), ha="center", va="center", fontsize=7)
+        axes[2].set_xlabel("requested (first group)")
+        axes[2].set_ylabel("found")
+        axes[2].set_title("count confusion matrix")
+        fig.tight_layout()
+        return {"counting_breakdown": fig}

@@ -1,0 +1,97 @@
+"""Text rendering: does the image say exactly what the prompt asked it to say?
+
+Samples are stratified over difficulty tiers (round robin, so any n covers them evenly): one, two or
+three common words; numbers; words rich in rare letters; and small text. OCR reads the image; the
+comparison uses the one normalisation in `nbeval.textmetrics` (case, punctuation, spacing ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+
+from nbeval.plots import bar_with_ci, plt
+from nbeval.records import Sample, Score, canonical_json
+from nbeval.stats import Estimate
+from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
+from nbeval.textmetrics import compare, normalise
+from nbeval.world import COMMON_WORDS, RARE_LETTER_WORDS, Scene, fit_text, scene_prompt
+from nbeval.world.prompts import N_PHRASINGS
+
+TIERS = ("words_1", "words_2", "words_3", "digits", "rare_letters", "small")
+
+
+def _text_for(tier: str, rng: random.Random) -> str:
+    if tier.startswith("words_"):
+        return " ".join(rng.sample(COMMON_WORDS, int(tier[-1])))
+    if tier == "digits":
+        return " ".join(str(rng.randrange(10 ** (k - 1), 10**k)) for k in rng.choices(range(2, 6), k=rng.randint(1, 2)))
+    if tier == "rare_letters":
+        return " ".join(rng.sample(RARE_LETTER_WORDS, rng.randint(1, 2)))
+    if tier == "small":
+        return " ".join(rng.sample(COMMON_WORDS, rng.randint(1, 2)))
+    raise ValueError(f"unknown tier {tier!r}")
+
+
+class TextRenderingSuite(Suite):
+    name = "text_rendering"
+    version = "1"
+    scorers = ("ocr",)
+    metrics = (
+        MetricSpec("exact_match", True, "normalised OCR reading equals the requested text", proportion=True),
+        MetricSpec("word_recall", True, "requested words found in the reading (multiset)"),
+        MetricSpec("cer", False, "character error rate: edit distance / requested length"),
+        MetricSpec("ned", False, "normalised edit distance: edit distance / longer length"),
+    )
+    headline = ("exact_match", "cer")
+
+    def __init__(self, image_size: int = 256, tiers: tuple[str, ...] = TIERS, small_height: tuple[float, float] = (0.035, 0.045), height: tuple[float, float] = (0.07, 0.11)) -> None:
+        super().__init__(image_size)
+        unknown = set(tiers) - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown text_rendering tiers {sorted(unknown)}; expected some of {TIERS}")
+        self.tiers, self.small_height, self.height = tuple(tiers), tuple(small_height), tuple(height)
+
+    def params(self) -> dict:
+        return {**super().params(), "tiers": list(self.tiers), "small_height": list(self.small_height), "height": list(self.height)}
+
+    def samples(self, n: int, seed: int) -> list[Sample]:
+        out = []
+        for i in range(n):
+            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            tier = self.tiers[i % len(self.tiers)]
+            text = _text_for(tier, rng)
+            word = fit_text(rng, text, rng.uniform(*(self.small_height if tier == "small" else self.height)))
+            scene = Scene(words=(word,))
+            out.append(
+                Sample(
+                    id=f"{self.name}-{seed}-{i:05d}",
+                    suite=self.name,
+                    prompt=scene_prompt(scene, phrasing=rng.randrange(N_PHRASINGS)),
+                    truth=({"scene": scene.to_dict(), "text": text},),
+                    seed=seed * 1_000_003 + i,
+                    tags={"tier": tier, "length": len(text.split())},
+                )
+            )
+        return out
+
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        read = readings["ocr"]["text"]
+        truth = sample.truth[turn]["text"]
+        detail = json.dumps({"read": read, "read_normalised": normalise(read), "truth": truth})
+        return [Score(sample.id, turn, "ocr", m, v, detail) for m, v in compare(truth, read).items()]
+
+    def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
+        return estimate_metrics(wide_table(scores, samples), self.metrics, breakdowns=("tier", "length"))
+
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+        wide = wide_table(scores, samples)
+        by_tier = estimate_metrics(wide, self.metrics[:1], ("tier",))
+        by_len = estimate_metrics(wide, self.metrics[2:3], ("length",))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        bar_with_ci(axes[0], {k.split("/tier_")[1]: v for k, v in by_tier.items() if "/tier_" in k}, "exact match by tier", ylim=(0, 1.05))
+        bar_with_ci(axes[1], {k.split("/length_")[1]: v for k, v in by_len.items() if "/length_" in k}, "CER by text length (words)")
+        fig.tight_layout()
+        return {"text_rendering_breakdown": fig}

@@ -7,7 +7,8 @@ results.json (schema_version 1) holds:
 - `model`: `name`, `fingerprint`, `settings`; `scorers`: role → card (class, weights checksums,
   preprocessing) and `fingerprint`;
 - `suites`: name → `version`, `params`, `samples_fingerprint` (hash of the sample keys: equal means the
-  same samples), `n_samples`, `n_failed_generations`, `n_failed_scores`, `cached_generations`,
+  same samples), `n_samples`, `n_failed_generations`, `n_failed_scores`, `cached_generations` and
+  `cached_readings` (work served by the cache),
   `seconds` (stage → s), `tables` (relative paths of the Parquet tables), and `metrics`:
   metric → {`value`, `ci_low`, `ci_high`, `n`, `method` ("wilson" | "bootstrap"), `higher_is_better`
   (true, false, or null when closer to zero is better)}.
@@ -61,6 +62,7 @@ def suite_record(r: SuiteResult, out_dir: Path) -> dict:
         "n_failed_generations": r.n_failed_generations,
         "n_failed_scores": r.n_failed_scores,
         "cached_generations": int(r.generations["cached"].sum()),
+        "cached_readings": r.cached_readings,
         "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
         "tables": {t: str((d / f"{t}.parquet").relative_to(out_dir)) for t in ("samples", "generations", "scores")},
         "metrics": {
@@ -86,6 +88,7 @@ def sample_grid(r: SuiteResult, cache: Cache, k: int = 16, tile: int = 160) -> I
     for i, (sid, sha) in enumerate(zip(ok["sample_id"], ok["image_sha256"])):
         x, y = (i % cols) * tile, (i // cols) * (tile + 14)
         grid.paste(cache.get_image(sha).resize((tile - 4, tile - 4)), (x + 2, y + 2))
+        draw.rectangle((x + 1, y + 1, x + tile - 2, y + tile - 2), outline=(190, 190, 190))
         v = values.get(sid)
         caption = sid.split("-", 1)[-1] + (f"  {headline}={v:.2f}" if v is not None else "")
         draw.text((x + 3, y + tile), caption, fill="black", font=font)
@@ -129,7 +132,8 @@ def summary_markdown(res: dict, suites: dict) -> str:
     for name, rec in res["suites"].items():
         lines.append(
             f"- {name}: {rec['n_samples']} samples, {rec['n_failed_generations']} failed generations, "
-            f"{rec['n_failed_scores']} failed scores, {rec['cached_generations']} generations from cache, "
+            f"{rec['n_failed_scores']} failed scores, {rec['cached_generations']} generations and "
+            f"{rec['cached_readings']} scorer readings from cache, "
             f"{rec['seconds']['total']:.1f} s"
         )
     return "\n".join(lines) + "\n"

@@ -41,6 +41,7 @@ class SuiteResult:
     generations: pd.DataFrame
     scores: pd.DataFrame
     metrics: dict[str, Estimate]
+    cached_readings: int = 0  # scorer readings served by the cache
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -93,10 +94,10 @@ def generate(model: ModelAdapter, samples: list[Sample], size: int, cache: Cache
     return [by_id[s.id] for s in samples]
 
 
-def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size: int, desc: str) -> list[dict | BaseException]:
-    """The scorer's reading of each (image sha256, truth): cached, else computed in batches.
-
-    A batch that fails is retried one item at a time, so a single bad image fails alone.
+def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size: int, desc: str) -> tuple[list[dict | BaseException], int]:
+    """The scorer's reading of each (image sha256, truth) — cached, else computed in batches — and
+    how many came from the cache. A batch that fails is retried one item at a time, so a single bad
+    image fails alone.
     """
     fp = scorer.fingerprint
     keys = [(sha, content_hash(truth) if scorer.uses_truth else "-") for sha, truth in items]
@@ -122,7 +123,7 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
                     done.append((keys[i][0], keys[i][1], r))
             cache.put_readings(fp, done)
             bar.update(len(batch))
-    return out  # type: ignore[return-value]
+    return out, len(items) - len(pending)  # type: ignore[return-value]
 
 
 def score_suite(
@@ -141,9 +142,11 @@ def score_suite(
     t2 = time.perf_counter()
     ok = [(s, g) for s, g in zip(samples, gens) if g.image_sha256]
     readings: dict[str, list] = {}
+    cached_readings = 0
     for role in suite.scorers:
         items = [(g.image_sha256, suite.scorer_truth(s, 0, role)) for s, g in ok]
-        readings[role] = read(scorer_for(role), items, cache, batch_size, suite.name)
+        readings[role], hits = read(scorer_for(role), items, cache, batch_size, suite.name)
+        cached_readings += hits
     t3 = time.perf_counter()
     rows: list[Score] = []
     for j, (s, g) in enumerate(ok):
@@ -167,6 +170,7 @@ def score_suite(
         generations_frame(gens),
         scores,
         metrics,
+        cached_readings,
         {"samples": t1 - t0, "generate": t2 - t1, "read": t3 - t2, "aggregate": t4 - t3, "total": t4 - t0},
     )
 

@@ -7,6 +7,7 @@ world, not a convenience. All randomness comes from a `random.Random` the caller
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from nbeval.world.render import text_width
 from nbeval.world.scene import SIZES, Shape, Word
@@ -38,7 +39,7 @@ def _overlaps(a: Box, b: Box, margin: float = MARGIN) -> bool:
 def place_shapes(
     rng: random.Random,
     specs: list[tuple[str, str, str]],
-    avoid: list[Box] = (),
+    avoid: Sequence[Box] = (),
     tries: int = 400,
 ) -> tuple[Shape, ...]:
     """Shapes of the given (kind, colour, size) at random free positions, largest first."""

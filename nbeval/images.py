@@ -27,7 +27,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         if im.mode == "F" and a.max() <= 1.0:
             top = 1.0
-        return Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(a / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -7,6 +7,7 @@ refused unless their md5 matches what easyocr's own config publishes for them.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,7 @@ class EasyOCRScorer(Scorer):
     def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
         arrays = [self._prepare(im) for im in images]
         out = []
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # easyocr's loader, harmless on CPU
         for i in range(0, len(arrays), self.batch_size):
             chunk = arrays[i : i + self.batch_size]
             if len({a.shape for a in chunk}) == 1:

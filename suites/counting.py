@@ -126,7 +126,7 @@ class CountingSuite(Suite):
         axes[2].imshow(confusion, origin="lower", cmap="Blues")
         for (y, x), v in np.ndenumerate(confusion):
             if v:
-                axes[2].text(x, y, str(v), ha="center", va="center", fontsize=7)
+                axes[2].text(x, y, str(v), ha="center", va="center", fontsize=7, color="white" if v > confusion.max() / 2 else "black")
         axes[2].set_xlabel("requested (first group)")
         axes[2].set_ylabel("found")
         axes[2].set_title("count confusion matrix")

@@ -68,8 +68,11 @@ def test_ocr_reads_clean_oracle_text(text, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("corruption", ["blur", "noise", "jpeg", "typo"])
+@pytest.mark.parametrize("corruption", ["blur", "typo", "shift"])
 def test_text_metrics_fall_with_severity(text, cache, corruption):
+    """Noise and JPEG are left out: easyocr reads the world's bold black text through noise σ=80 and
+    JPEG quality 2 almost perfectly (benchmarks/results/validity_text_rendering.md), a property of the
+    scorer, not a defect of the metrics."""
     suite, ocr = text
     curve = _sweep(suite, ocr, cache, corruption, 18)
     for m in suite.metrics:

@@ -35,7 +35,7 @@ def main() -> None:
         f"Machine: {os.cpu_count()} cores ({cpu}), no GPU; torch threads as configured (easyocr: its default).",
         f"Command: `python benchmarks/scorers.py --n {args.n} --out {args.out}`",
         "",
-        "| scorer | suite | images | batch | seconds | images/s | load s |",
+        "| scorer | suite | images | batch | seconds | images/s | warm-up s (load + first batch) |",
         "|---|---|---|---|---|---|---|",
     ]
     for role, suite_name in SUITE_OF.items():

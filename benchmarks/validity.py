@@ -45,7 +45,8 @@ def main() -> None:
             cells = [f"{r.metrics[m].value:.3f} [{r.metrics[m].ci_low:.2f}, {r.metrics[m].ci_high:.2f}]" for m in metrics]
             lines.append(f"| {corruption or 'clean'} | {sev} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-    lines += ["", f"Command: `python benchmarks/validity.py --suite {args.suite} --n {args.n} --out {args.out}` ({time.time() - t0:.0f} s on this machine)."]
+    cmd = f"python benchmarks/validity.py --suite {args.suite} --n {args.n} --corruptions {' '.join(args.corruptions)} --out {args.out}"
+    lines += ["", f"Command: `{cmd}` ({time.time() - t0:.0f} s on this 2-core machine)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 

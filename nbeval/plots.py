@@ -20,8 +20,9 @@ def bar_with_ci(ax: Axes, estimates: dict[str, Estimate], title: str, ylim: tupl
     """Bars of point estimates with their confidence intervals as error bars, labelled with n."""
     labels = list(estimates)
     vals = [estimates[k].value for k in labels]
-    lo = [estimates[k].value - estimates[k].ci_low for k in labels]
-    hi = [estimates[k].ci_high - estimates[k].value for k in labels]
+    # max(0, …): a percentile bound can sit a rounding error inside the mean
+    lo = [max(0.0, estimates[k].value - estimates[k].ci_low) for k in labels]
+    hi = [max(0.0, estimates[k].ci_high - estimates[k].value) for k in labels]
     ax.bar(labels, vals, yerr=[lo, hi], capsize=4, color="#4c72b0")
     for i, k in enumerate(labels):
         ax.annotate(f"n={estimates[k].n}", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7, color="white")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import platform
 import subprocess
 from importlib import metadata
@@ -31,6 +32,7 @@ from nbeval.records import content_hash
 from nbeval.runner import SuiteResult, write_tables
 
 SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 _PACKAGES = ("nbeval", "torch", "easyocr", "open_clip_torch", "numpy", "pandas", "pillow", "hydra-core", "mlflow", "scipy")
 
 
@@ -140,17 +142,22 @@ def summary_markdown(res: dict, suites: dict) -> str:
 
 
 def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path) -> None:
-    """results.json, summary.md, and per suite its sample grid and plots as PNG."""
+    """results.json and summary.md first (the results are safe), then per suite its sample grid and
+    plots as PNG; a figure that fails is logged and skipped, never the run."""
     from nbeval.plots import plt
 
-    for r in results:
-        d = out_dir / r.suite.name
-        sample_grid(r, cache).save(d / "sample_grid.png")
-        (d / "plots").mkdir(exist_ok=True)
-        valid = r.scores[r.scores["error"].isna()]
-        if len(valid):
-            for name, fig in r.suite.plots(valid, r.samples).items():
-                fig.savefig(d / "plots" / f"{name}.png", dpi=100)
-                plt.close(fig)
     (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
     (out_dir / "summary.md").write_text(summary_markdown(res, {r.suite.name: r.suite for r in results}))
+    for r in results:
+        d = out_dir / r.suite.name
+        (d / "plots").mkdir(exist_ok=True)
+        valid = r.scores[r.scores["error"].isna()]
+        try:
+            sample_grid(r, cache).save(d / "sample_grid.png")
+            figures = r.suite.plots(valid, r.samples) if len(valid) else {}
+        except Exception:  # noqa: BLE001 — a plotting bug must not lose a finished evaluation
+            log.exception("%s: could not draw its figures", r.suite.name)
+            continue
+        for name, fig in figures.items():
+            fig.savefig(d / "plots" / f"{name}.png", dpi=100)
+            plt.close(fig)

@@ -44,3 +44,12 @@ def test_text_metrics():
     assert m["exact_match"] == 0 and m["cer"] == pytest.approx(1 / 11) and m["word_recall"] == 0.5
     assert compare("A B", "b a")["word_recall"] == 1.0
     assert compare("ABC", "")["cer"] == 1.0 and compare("ABC", "")["ned"] == 1.0
+
+
+def test_ci_bars_tolerate_bounds_a_rounding_error_inside_the_mean():
+    from nbeval.plots import bar_with_ci, plt
+    from nbeval.stats import Estimate
+
+    fig, ax = plt.subplots()
+    bar_with_ci(ax, {"a": Estimate(0.1, 0.1 + 1e-17, 0.2, 5, "bootstrap"), "b": Estimate(0.5, 0.4, 0.5 - 1e-17, 5, "bootstrap")}, "t")
+    plt.close(fig)

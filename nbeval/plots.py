@@ -17,15 +17,13 @@ from nbeval.stats import Estimate  # noqa: E402
 
 
 def bar_with_ci(ax: Axes, estimates: dict[str, Estimate], title: str, ylim: tuple[float, float] | None = None) -> None:
-    """Bars of point estimates with their confidence intervals as error bars, labelled with n."""
+    """Bars of point estimates with their confidence intervals as error bars, n under each label."""
     labels = list(estimates)
     vals = [estimates[k].value for k in labels]
     # max(0, …): a percentile bound can sit a rounding error inside the mean
     lo = [max(0.0, estimates[k].value - estimates[k].ci_low) for k in labels]
     hi = [max(0.0, estimates[k].ci_high - estimates[k].value) for k in labels]
-    ax.bar(labels, vals, yerr=[lo, hi], capsize=4, color="#4c72b0")
-    for i, k in enumerate(labels):
-        ax.annotate(f"n={estimates[k].n}", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7, color="white")
+    ax.bar([f"{k}\n(n={estimates[k].n})" for k in labels], vals, yerr=[lo, hi], capsize=4, color="#4c72b0")
     ax.set_title(title)
     if ylim:
         ax.set_ylim(*ylim)

@@ -5,7 +5,7 @@
 - The indexes live in one SQLite database (WAL mode, busy timeout): several processes and several
   runs can read and write at once, and each entry is committed as soon as its work is done, so a run
   killed halfway resumes without redoing anything already finished.
-- Generations are keyed by (model fingerprint, sample key, turn) — the model is part of the key, so
+- Generations are keyed by (model fingerprint, sample key + image size, turn) — the model is part of the key, so
   one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
   sha256, truth hash). Only successes are cached; a failure is retried on the next run.
 """

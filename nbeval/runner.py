@@ -63,12 +63,13 @@ def _error(e: BaseException) -> str:
 
 
 def generate(model: ModelAdapter, samples: list[Sample], size: int, cache: Cache, batch_size: int, desc: str) -> list[Generation]:
-    """Turn-0 image of every sample: from the cache when this model made it before, else generated."""
+    """Turn-0 image of every sample: from the cache when this model made it before at this size, else generated."""
     fp = model.fingerprint
+    key = {s.id: content_hash([s.key, size]) for s in samples}
     by_id: dict[str, Generation] = {}
     pending: list[Sample] = []
     for s in samples:
-        hit = cache.get_generation(fp, s.key, 0)
+        hit = cache.get_generation(fp, key[s.id], 0)
         if hit:
             by_id[s.id] = Generation(s.id, 0, model.name, fp, hit["image_sha256"], hit["seconds"], None, True)
         else:
@@ -88,7 +89,7 @@ def generate(model: ModelAdapter, samples: list[Sample], size: int, cache: Cache
                     by_id[s.id] = Generation(s.id, 0, model.name, fp, None, r.seconds, r.error or "no image")
                     continue
                 sha = cache.put_image(r.image)
-                cache.put_generation(fp, s.key, 0, sha, r.seconds, r.manifest)
+                cache.put_generation(fp, key[s.id], 0, sha, r.seconds, r.manifest)
                 by_id[s.id] = Generation(s.id, 0, model.name, fp, sha, r.seconds)
             bar.update(len(batch))
     return [by_id[s.id] for s in samples]

@@ -1,0 +1,27 @@
+from hydra.utils import instantiate
+
+from nbeval.adapters.oracle import OracleAdapter
+from nbeval.runner import score_suite
+
+
+def test_cache_keys_include_model_and_image_size(compose_cfg, cache):
+    cfg = compose_cfg(["suite=[counting]"])
+    counter = instantiate(cfg.scorer.counter)
+    small = instantiate(cfg.suite.counting, image_size=128)
+    big = instantiate(cfg.suite.counting)
+
+    def run(suite, model):
+        return score_suite(suite, model, lambda role: counter, cache, 8, 0, 4)
+
+    first = run(small, OracleAdapter())
+    assert first.generations["cached"].sum() == 0 and first.cached_readings == 0
+    other_size = run(big, OracleAdapter())
+    assert other_size.generations["cached"].sum() == 0
+    sha = other_size.generations["image_sha256"].iloc[0]
+    assert cache.get_image(sha).size == (256, 256)
+    other_model = run(big, OracleAdapter(corruption="drop", severity=1))
+    assert other_model.generations["cached"].sum() == 0
+    assert other_model.metrics["exact_accuracy"].value == 0.0
+    again = run(big, OracleAdapter())
+    assert again.generations["cached"].sum() == 8 and again.cached_readings == 8
+    assert {k: v.value for k, v in again.metrics.items()} == {k: v.value for k, v in other_size.metrics.items()}

@@ -150,7 +150,7 @@ def score_suite(
         cached_readings += hits
     t3 = time.perf_counter()
     rows: list[Score] = []
-    for j, (s, g) in enumerate(ok):
+    for j, (s, _) in enumerate(ok):
         got = {role: readings[role][j] for role in suite.scorers}
         failed = {role: r for role, r in got.items() if isinstance(r, BaseException)}
         if failed:

@@ -26,7 +26,7 @@ class FolderAdapter(ModelAdapter):
     def settings(self) -> dict:
         # The folder's content (names, sizes, modification times): new images give a new fingerprint.
         h = hashlib.sha256()
-        for stem, p in sorted(self._files.items()):
+        for _, p in sorted(self._files.items()):
             st = os.stat(p)
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         return {"path": str(self.path.resolve()), "content": h.hexdigest(), "max_pixels": self.max_pixels}

@@ -18,6 +18,9 @@ commands:
             `nbeval run --help` lists every config group and option.
   samples   write a suite's samples (ids, prompts) as JSONL, to generate images elsewhere:
               nbeval samples suite=[text_rendering] n=200 seed=0 --out prompts.jsonl
+  arena     arena ratings from a battles file (ours or FastChat/LMArena's schema):
+              nbeval arena leaderboard battles=<file.parquet|.jsonl|.csv> [out=DIR] [anchor=MODEL]
+                                       [anchor_rating=1000] [rounds=100] [seed=0]
   list      registered suites and the model, suite, scorer and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
 
@@ -148,7 +151,29 @@ def _cache_cmd(argv: list[str]) -> None:
     print(json.dumps({"cache_dir": str(d), **Cache(d).stats()}, indent=2))
 
 
-COMMANDS = {"samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd}
+def _arena_cmd(argv: list[str]) -> None:
+    usage = "usage: nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0]"
+    if not argv or argv[0] != "leaderboard" or any("=" not in a for a in argv[1:]):
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    opts = dict(a.split("=", 1) for a in argv[1:])
+    unknown = set(opts) - {"battles", "out", "anchor", "anchor_rating", "rounds", "seed"}
+    if unknown or "battles" not in opts:
+        print(f"nbeval arena: {'unknown options ' + ', '.join(sorted(unknown)) if unknown else 'battles= is required'}\n{usage}", file=sys.stderr)
+        sys.exit(2)
+    from nbeval.arena.ratings import leaderboard, read_battles
+
+    battles = read_battles(opts["battles"])
+    board = leaderboard(battles, int(opts.get("rounds", 100)), int(opts.get("seed", 0)), opts.get("anchor"), float(opts.get("anchor_rating", 1000)))
+    out = Path(opts.get("out", "arena_leaderboard"))
+    out.mkdir(parents=True, exist_ok=True)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    (out / "leaderboard.json").write_text(board.to_json(orient="records", indent=2))
+    print(board.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {opts.get('rounds', 100)} bootstrap rounds; written to {out}/leaderboard.csv and .json")
+
+
+COMMANDS = {"samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Arena: battles, ratings (Bradley–Terry, Elo) and leaderboards."""

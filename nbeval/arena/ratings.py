@@ -1,0 +1,173 @@
+"""Bradley–Terry ratings from pairwise battles, with bootstrap confidence intervals, and online Elo.
+
+Battles are aggregated to unique (model_a, model_b, outcome) counts, so a million battles among 50
+models become a few thousand weighted rows. The maximum-likelihood fit is Newton's method on that
+small problem, and all bootstrap replicates (multinomial reweightings of the unique rows) are solved
+together as one batched Newton iteration — no per-replicate optimiser, no process pool.
+
+Ties (and "both bad") count as half a win for each side. Ratings are on the Elo scale
+(400 / ln 10 per unit of log-odds), anchored by fixing one model's rating or the mean rating.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SCALE = 400 / math.log(10)
+OUTCOMES = ("a", "b", "tie", "both_bad")
+_FASTCHAT_WINNERS = {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"}
+
+
+def normalise_battles(df: pd.DataFrame) -> pd.DataFrame:
+    """Our battle schema or FastChat/LMArena's (`winner` ∈ model_a, model_b, tie, tie (bothbad)) →
+    columns model_a, model_b, winner ∈ {a, b, tie, both_bad} (other columns kept)."""
+    missing = {"model_a", "model_b", "winner"} - set(df.columns)
+    if missing:
+        raise ValueError(f"battles lack columns {sorted(missing)}; need model_a, model_b, winner")
+    winner = df["winner"].astype(str).map(lambda w: _FASTCHAT_WINNERS.get(w, w))
+    bad = sorted(set(winner) - set(OUTCOMES))
+    if bad:
+        raise ValueError(f"unknown winner values {bad[:5]}; expected {OUTCOMES} or FastChat's {tuple(_FASTCHAT_WINNERS)}")
+    same = df["model_a"] == df["model_b"]
+    if same.any():
+        raise ValueError(f"{int(same.sum())} battles pit a model against itself")
+    return df.assign(winner=winner, model_a=df["model_a"].astype(str), model_b=df["model_b"].astype(str))
+
+
+def read_battles(path: str | Path) -> pd.DataFrame:
+    """Battles from .parquet, .jsonl/.json (one object per line) or .csv."""
+    p = Path(path)
+    if p.suffix == ".parquet":
+        df = pd.read_parquet(p)
+    elif p.suffix in (".jsonl", ".json"):
+        df = pd.read_json(p, lines=p.suffix == ".jsonl")
+    elif p.suffix == ".csv":
+        df = pd.read_csv(p)
+    else:
+        raise ValueError(f"cannot read battles from {p.name}: use .parquet, .jsonl, .json or .csv")
+    return normalise_battles(df)
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    """Unique (i, j) pairs with i's score y ∈ {0, ½, 1} and how many battles had it."""
+
+    models: list[str]
+    i: np.ndarray
+    j: np.ndarray
+    y: np.ndarray
+    count: np.ndarray
+
+
+def aggregate(battles: pd.DataFrame) -> Aggregated:
+    n = len(battles)
+    codes, uniques = pd.factorize(pd.concat([battles["model_a"], battles["model_b"]], ignore_index=True), sort=True)
+    models, m = [str(u) for u in uniques], len(uniques)
+    i, j = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    outcome = pd.Categorical(battles["winner"], categories=OUTCOMES).codes
+    y2 = np.array([2, 0, 1, 1])[outcome]  # 2 × a's score, per OUTCOMES order
+    counts = np.bincount((i * m + j) * 3 + y2, minlength=m * m * 3)
+    (code,) = np.nonzero(counts)
+    return Aggregated(models, code // 3 // m, code // 3 % m, (code % 3) / 2, counts[code].astype(float))
+
+
+def fit_strengths(agg: Aggregated, weights: np.ndarray, iters: int = 100, tol: float = 1e-9) -> np.ndarray:
+    """Bradley–Terry log-strengths for each row of `weights` (B × rows), batched Newton.
+
+    Gradient and Hessian come from sparse incidence matrices, so a step costs O(B · rows + B · m³).
+    Model 0's strength is fixed at 0 (the likelihood only sees differences); re-anchor afterwards.
+    A tiny ridge keeps models with no wins or no losses finite instead of running off to ±∞.
+    """
+    from scipy import sparse
+
+    w = np.atleast_2d(weights)
+    b, m, n = w.shape[0], len(agg.models), len(agg.i)
+    rows = np.arange(n)
+    # d (s_i - s_j) / d s: +1 at i, -1 at j
+    incidence = sparse.csr_matrix((np.r_[np.ones(n), -np.ones(n)], (np.r_[rows, rows], np.r_[agg.i, agg.j])), shape=(n, m))
+    # each row's curvature lands on H[i,i], H[j,j] (+) and H[i,j], H[j,i] (−)
+    cells = np.r_[agg.i * m + agg.i, agg.j * m + agg.j, agg.i * m + agg.j, agg.j * m + agg.i]
+    spread = sparse.csr_matrix((np.r_[np.ones(2 * n), -np.ones(2 * n)], (np.tile(rows, 4), cells)), shape=(n, m * m))
+    s = np.zeros((b, m))
+    ridge = 1e-6 * max(1.0, float(w.sum(1).mean()) / max(m, 1))
+    eye = np.eye(m)
+    for _ in range(iters):
+        d = s[:, agg.i] - s[:, agg.j]
+        p = 1 / (1 + np.exp(-d))
+        grad = np.asarray((incidence.T @ (w * (agg.y - p)).T).T) - ridge * s
+        hess = np.asarray((spread.T @ (w * p * (1 - p)).T).T).reshape(b, m, m) + ridge * eye
+        step = np.linalg.solve(hess[:, 1:, 1:], grad[:, 1:, None])[..., 0]
+        s[:, 1:] += step
+        if np.abs(step).max() < tol:
+            break
+    return s
+
+
+def to_ratings(strengths: np.ndarray, models: list[str], anchor: str | None = None, anchor_rating: float = 1000.0) -> np.ndarray:
+    """Elo-scale ratings: `anchor` model at `anchor_rating`, or the mean at `anchor_rating` when None."""
+    r = SCALE * strengths
+    if anchor is None:
+        return r - r.mean(-1, keepdims=True) + anchor_rating
+    if anchor not in models:
+        raise ValueError(f"anchor model {anchor!r} is not in the battles; models: {models}")
+    return r - r[..., [models.index(anchor)]] + anchor_rating
+
+
+def bootstrap_weights(agg: Aggregated, rounds: int, seed: int) -> np.ndarray:
+    """Resampling all battles with replacement = multinomial counts over the unique rows (rounds × rows)."""
+    n = int(agg.count.sum())
+    return np.random.default_rng(seed).multinomial(n, agg.count / n, size=rounds).astype(float)
+
+
+def leaderboard(
+    battles: pd.DataFrame,
+    rounds: int = 100,
+    seed: int = 0,
+    anchor: str | None = None,
+    anchor_rating: float = 1000.0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """model, rating, ci_low, ci_high, battles — sorted best first. CIs: percentile bootstrap over battles."""
+    agg = aggregate(battles)
+    point = to_ratings(fit_strengths(agg, agg.count)[0], agg.models, anchor, anchor_rating)
+    boot = to_ratings(fit_strengths(agg, bootstrap_weights(agg, rounds, seed)), agg.models, anchor, anchor_rating)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    per_model = np.zeros(len(agg.models))
+    np.add.at(per_model, agg.i, agg.count)
+    np.add.at(per_model, agg.j, agg.count)
+    board = pd.DataFrame({"model": agg.models, "rating": point, "ci_low": lo, "ci_high": hi, "battles": per_model.astype(int)})
+    return board.sort_values("rating", ascending=False, ignore_index=True)
+
+
+def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -> dict[str, float]:
+    """Sequential Elo in battle order, for comparison with the order-free Bradley–Terry fit."""
+    ratings: dict[str, float] = {}
+    for a, b, w in zip(battles["model_a"], battles["model_b"], battles["winner"]):
+        ra, rb = ratings.setdefault(a, initial), ratings.setdefault(b, initial)
+        ea = 1 / (1 + 10 ** ((rb - ra) / 400))
+        sa = {"a": 1.0, "b": 0.0}.get(w, 0.5)
+        ratings[a], ratings[b] = ra + k * (sa - ea), rb - k * (sa - ea)
+    return ratings
+
+
+def pair_matrices(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(row model's win rate against column model with ties as ½, number of battles between them)."""
+    a = battles[["model_a", "model_b"]].copy()
+    a["score"] = battles["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5})
+    b = pd.DataFrame({"model_a": a["model_b"], "model_b": a["model_a"], "score": 1 - a["score"]})
+    both = pd.concat([a, b], ignore_index=True)
+    wins = both.pivot_table(index="model_a", columns="model_b", values="score", aggfunc="mean")
+    counts = both.pivot_table(index="model_a", columns="model_b", values="score", aggfunc="size").fillna(0).astype(int)
+    return wins, counts
+
+
+def predicted_win_probability(board: pd.DataFrame) -> pd.DataFrame:
+    """P(row beats column) implied by the ratings."""
+    r = board.set_index("model")["rating"]
+    return pd.DataFrame(1 / (1 + 10 ** ((r.to_numpy()[None, :] - r.to_numpy()[:, None]) / 400)), index=r.index, columns=r.index)

@@ -1,0 +1,106 @@
+"""Bradley–Terry ratings against known truth, a plain reference fit, and FastChat's battle schema."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from nbeval.arena.ratings import SCALE, leaderboard, normalise_battles, online_elo, pair_matrices, predicted_win_probability
+
+from conftest import run_cli
+
+
+def simulate(true: np.ndarray, n: int, seed: int, tie_rate: float = 0.1) -> pd.DataFrame:
+    """Voters with known strengths: P(a beats b) = 1 / (1 + 10^((r_b − r_a)/400)); some ties."""
+    rng = np.random.default_rng(seed)
+    m = len(true)
+    a = rng.integers(0, m, n)
+    b = (a + rng.integers(1, m, n)) % m
+    p = 1 / (1 + 10 ** ((true[b] - true[a]) / 400))
+    tie = rng.random(n) < tie_rate
+    winner = np.where(tie, "tie", np.where(rng.random(n) < p, "a", "b"))
+    names = np.array([f"m{k}" for k in range(m)])
+    return pd.DataFrame({"model_a": names[a], "model_b": names[b], "winner": winner})
+
+
+def test_fit_matches_plain_logistic_regression():
+    true = np.array([0.0, 80, -120, 200, 30, -60])
+    battles = simulate(true, 4000, seed=1)
+    board = leaderboard(battles, rounds=10).set_index("model")
+    # Reference: one row per battle, ties as half a win each way (sample weights), no penalty.
+    models = sorted(set(battles["model_a"]) | set(battles["model_b"]))
+    x = np.zeros((len(battles), len(models)))
+    x[np.arange(len(battles)), battles["model_a"].map(models.index)] = 1
+    x[np.arange(len(battles)), battles["model_b"].map(models.index)] = -1
+    score = battles["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5}).to_numpy()
+    xx, yy, ww = np.r_[x, x], np.r_[np.ones(len(x)), np.zeros(len(x))], np.r_[score, 1 - score]
+    lr = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-12, max_iter=10_000).fit(xx, yy, sample_weight=ww)
+    ref = SCALE * lr.coef_[0]
+    ref = ref - ref.mean() + 1000
+    assert np.abs(board.loc[models, "rating"].to_numpy() - ref).max() < 0.01
+
+
+def test_true_ratings_fall_inside_95_percent_cis_about_95_percent_of_the_time():
+    # No ties here: ties drawn independently of strength pull every rating towards the mean, so the
+    # truth of a tie-free Bradley–Terry world is what the intervals must cover.
+    rng = np.random.default_rng(0)
+    inside = total = 0
+    for sim in range(40):
+        true = rng.normal(0, 120, 8)
+        centred = true - true.mean() + 1000
+        board = leaderboard(simulate(true, 3000, seed=sim, tie_rate=0), rounds=200, seed=sim).set_index("model")
+        names = [f"m{k}" for k in range(8)]
+        lo, hi = board.loc[names, "ci_low"].to_numpy(), board.loc[names, "ci_high"].to_numpy()
+        inside += int(((lo <= centred) & (centred <= hi)).sum())
+        total += len(names)
+    assert 0.90 <= inside / total <= 0.99, inside / total
+
+
+def test_anchor_and_order():
+    true = np.array([0.0, 150, 300])
+    board = leaderboard(simulate(true, 6000, seed=3), rounds=20, anchor="m0", anchor_rating=1114)
+    assert list(board["model"]) == ["m2", "m1", "m0"]
+    assert board.set_index("model").loc["m0", "rating"] == pytest.approx(1114)
+    assert board.set_index("model").loc["m2", "rating"] == pytest.approx(1114 + 300, abs=40)
+    with pytest.raises(ValueError, match="anchor model"):
+        leaderboard(simulate(true, 100, seed=3), rounds=2, anchor="nope")
+
+
+def test_matrices_elo_and_predictions_agree_with_data():
+    battles = simulate(np.array([0.0, 200]), 5000, seed=4)
+    wins, counts = pair_matrices(battles)
+    assert wins.loc["m0", "m1"] + wins.loc["m1", "m0"] == pytest.approx(1)
+    assert counts.loc["m0", "m1"] == 5000
+    pred = predicted_win_probability(leaderboard(battles, rounds=5))
+    assert pred.loc["m1", "m0"] == pytest.approx(wins.loc["m1", "m0"], abs=0.02)
+    elo = online_elo(battles)
+    assert elo["m1"] > elo["m0"]
+
+
+def test_bad_battles_are_refused():
+    with pytest.raises(ValueError, match="unknown winner"):
+        normalise_battles(pd.DataFrame({"model_a": ["x"], "model_b": ["y"], "winner": ["draw"]}))
+    with pytest.raises(ValueError, match="lack columns"):
+        normalise_battles(pd.DataFrame({"model_a": ["x"], "winner": ["a"]}))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix):
+    battles = simulate(np.array([0.0, 100, 250]), 3000, seed=5)
+    fastchat = battles.assign(winner=battles["winner"].map({"a": "model_a", "b": "model_b", "tie": "tie (bothbad)"}))
+    path = tmp_path / f"battles{suffix}"
+    {".jsonl": lambda p: fastchat.to_json(p, orient="records", lines=True), ".csv": lambda p: fastchat.to_csv(p, index=False), ".parquet": fastchat.to_parquet}[suffix](path)
+    r = run_cli(["arena", "leaderboard", f"battles={path}", f"out={tmp_path / 'board'}", "rounds=50"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "m2" in r.stdout.splitlines()[1]  # best model first
+    csv = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    assert list(csv.columns) == ["model", "rating", "ci_low", "ci_high", "battles"]
+    assert list(csv["model"]) == ["m2", "m1", "m0"] and (csv["ci_low"] <= csv["rating"]).all()
+    assert json.loads((tmp_path / "board" / "leaderboard.json").read_text())[0]["model"] == "m2"
+
+
+def test_cli_usage_errors(tmp_path):
+    r = run_cli(["arena", "leaderboard", "batles=x.csv"], tmp_path)
+    assert r.returncode == 2 and "unknown options batles" in r.stderr

@@ -25,3 +25,17 @@ def test_cache_keys_include_model_and_image_size(compose_cfg, cache):
     again = run(big, OracleAdapter())
     assert again.generations["cached"].sum() == 8 and again.cached_readings == 8
     assert {k: v.value for k, v in again.metrics.items()} == {k: v.value for k, v in other_size.metrics.items()}
+
+
+def test_a_suite_without_target_is_built_from_the_entry_point_registry(compose_cfg, tmp_path):
+    import pytest
+
+    from nbeval.cli import evaluate
+    from nbeval.registry import available, load
+
+    assert available()["counting"] == "suites.counting:CountingSuite"
+    cfg = compose_cfg(["suite=[counting]", "~suite.counting._target_", "n=4"])
+    res = evaluate(cfg, tmp_path / "out")
+    assert res["suites"]["counting"]["metrics"]["exact_accuracy"]["value"] == 1.0
+    with pytest.raises(KeyError, match="did you mean counting"):
+        load("countng")

@@ -152,16 +152,18 @@ def _cache_cmd(argv: list[str]) -> None:
 
 
 def _arena_cmd(argv: list[str]) -> None:
-    usage = "usage: nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0]"
+    usage = "usage: nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]"
     if not argv or argv[0] != "leaderboard" or any("=" not in a for a in argv[1:]):
         print(usage, file=sys.stderr)
         sys.exit(2)
     opts = dict(a.split("=", 1) for a in argv[1:])
-    unknown = set(opts) - {"battles", "out", "anchor", "anchor_rating", "rounds", "seed"}
+    unknown = set(opts) - {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}
     if unknown or "battles" not in opts:
         print(f"nbeval arena: {'unknown options ' + ', '.join(sorted(unknown)) if unknown else 'battles= is required'}\n{usage}", file=sys.stderr)
         sys.exit(2)
+    from nbeval.arena.publish import log_to_mlflow, plot_ratings
     from nbeval.arena.ratings import leaderboard, read_battles
+    from nbeval.plots import plt
 
     battles = read_battles(opts["battles"])
     board = leaderboard(battles, int(opts.get("rounds", 100)), int(opts.get("seed", 0)), opts.get("anchor"), float(opts.get("anchor_rating", 1000)))
@@ -169,8 +171,14 @@ def _arena_cmd(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     board.to_csv(out / "leaderboard.csv", index=False)
     (out / "leaderboard.json").write_text(board.to_json(orient="records", indent=2))
+    fig = plot_ratings(board)
+    fig.savefig(out / "ratings.png", dpi=100)
+    plt.close(fig)
     print(board.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {opts.get('rounds', 100)} bootstrap rounds; written to {out}/leaderboard.csv and .json")
+    print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {opts.get('rounds', 100)} bootstrap rounds; written to {out}/ (leaderboard.csv, .json, ratings.png)")
+    if opts.get("mlflow", "true").lower() not in ("false", "0", "no"):
+        run_id = log_to_mlflow(board, battles, opts, out)
+        print(f"MLflow run {run_id} (experiment nbeval-arena)")
 
 
 COMMANDS = {"samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}

@@ -92,8 +92,17 @@ def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix)
     fastchat = battles.assign(winner=battles["winner"].map({"a": "model_a", "b": "model_b", "tie": "tie (bothbad)"}))
     path = tmp_path / f"battles{suffix}"
     {".jsonl": lambda p: fastchat.to_json(p, orient="records", lines=True), ".csv": lambda p: fastchat.to_csv(p, index=False), ".parquet": fastchat.to_parquet}[suffix](path)
-    r = run_cli(["arena", "leaderboard", f"battles={path}", f"out={tmp_path / 'board'}", "rounds=50"], tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = run_cli(["arena", "leaderboard", f"battles={path}", f"out={tmp_path / 'board'}", "rounds=50"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "board" / "ratings.png").stat().st_size > 1000
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nbeval-arena").experiment_id])
+    assert run.data.metrics["arena/rating/m2"] > run.data.metrics["arena/rating/m0"]
+    assert run.data.metrics["arena/battles"] == 3000
+    assert {"leaderboard_table.json", "ratings.png", "battles.parquet", "win_rate_matrix.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "m2" in r.stdout.splitlines()[1]  # best model first
     csv = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
     assert list(csv.columns) == ["model", "rating", "ci_low", "ci_high", "battles"]
@@ -104,3 +113,23 @@ def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix)
 def test_cli_usage_errors(tmp_path):
     r = run_cli(["arena", "leaderboard", "batles=x.csv"], tmp_path)
     assert r.returncode == 2 and "unknown options batles" in r.stderr
+
+
+def test_uncertainty_sampling_spends_votes_on_close_and_poorly_measured_pairs():
+    from collections import Counter
+
+    from nbeval.arena.sampling import uncertainty_pairs, uniform_pairs
+
+    # m0/m1 close and measured with few battles; m2 far above both and well measured.
+    battles = pd.concat([simulate(np.array([0.0, 20]), 60, seed=6), simulate(np.array([0.0, 20, 600]), 6000, seed=7).query("model_a == 'm2' or model_b == 'm2'")])
+    board = leaderboard(battles, rounds=100)
+    drawn = uncertainty_pairs(board, 3000, seed=1)
+    assert all(a != b for a, b in drawn)
+    counts = Counter(frozenset(p) for p in drawn)
+    assert counts[frozenset({"m0", "m1"})] > 0.5 * 3000  # uniform would give a third
+    assert drawn == uncertainty_pairs(board, 3000, seed=1)
+    flips = Counter(a for a, b in drawn if {a, b} == {"m0", "m1"})
+    assert abs(flips["m0"] - flips["m1"]) < 0.1 * sum(flips.values())  # sides randomised
+    uni = Counter(frozenset(p) for p in uniform_pairs(["m0", "m1", "m2"], 3000, seed=1))
+    assert all(abs(v - 1000) < 120 for v in uni.values())
+    assert any(frozenset({"m3", x}) in {frozenset(p) for p in uncertainty_pairs(board, 200, seed=2, new_models=["m3"])} for x in ("m0", "m1", "m2"))

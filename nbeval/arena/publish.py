@@ -1,0 +1,53 @@
+"""A leaderboard for people: the ratings-with-CIs plot, and an MLflow run with ratings, tables, plots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from nbeval.arena.ratings import pair_matrices
+
+
+def plot_ratings(board: pd.DataFrame):
+    """Horizontal forest plot: each model's rating with its 95% CI, best at the top."""
+    from nbeval.plots import plt
+
+    b = board.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(b) + 1.2))
+    ax.errorbar(b["rating"], range(len(b)), xerr=[b["rating"] - b["ci_low"], b["ci_high"] - b["rating"]], fmt="o", color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(b)), [f"{m} (n={n})" for m, n in zip(b["model"], b["battles"])])
+    ax.set_xlabel("Bradley–Terry rating (Elo scale) with 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _metric_key(model: str) -> str:
+    return re.sub(r"[^\w\-. :/]", "_", model)
+
+
+def log_to_mlflow(board: pd.DataFrame, battles: pd.DataFrame, params: dict, out: Path, experiment: str = "nbeval-arena") -> str:
+    """One MLflow run: params, `arena/rating/<model>` (+ CI bounds), leaderboard and battle tables,
+    win-rate and battle-count matrices, the ratings plot. Returns the run id."""
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    wins, counts = pair_matrices(battles)
+    with mlflow.start_run(run_name="arena leaderboard", tags={"nbeval.kind": "arena"}) as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        metrics = {}
+        for r in board.itertuples():
+            key = _metric_key(r.model)
+            metrics |= {f"arena/rating/{key}": r.rating, f"arena/rating/{key}_ci_low": r.ci_low, f"arena/rating/{key}_ci_high": r.ci_high}
+        metrics["arena/battles"] = float(len(battles))
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(board, artifact_file="leaderboard_table.json")
+        mlflow.log_artifacts(str(out))
+        mlflow.log_text(wins.to_csv(), "win_rate_matrix.csv")
+        mlflow.log_text(counts.to_csv(), "battle_count_matrix.csv")
+        battles_path = out / "battles.parquet"
+        battles.to_parquet(battles_path, index=False)
+        mlflow.log_artifact(str(battles_path))
+    return run.info.run_id

@@ -20,7 +20,7 @@ commands:
               nbeval samples suite=[text_rendering] n=200 seed=0 --out prompts.jsonl
   arena     arena ratings from a battles file (ours or FastChat/LMArena's schema):
               nbeval arena leaderboard battles=<file.parquet|.jsonl|.csv> [out=DIR] [anchor=MODEL]
-                                       [anchor_rating=1000] [rounds=100] [seed=0]
+                                       [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
   list      registered suites and the model, suite, scorer and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
 

@@ -35,6 +35,7 @@ def log_to_mlflow(board: pd.DataFrame, battles: pd.DataFrame, params: dict, out:
 
     mlflow.set_experiment(experiment)
     wins, counts = pair_matrices(battles)
+    battles.to_parquet(out / "battles.parquet", index=False)
     with mlflow.start_run(run_name="arena leaderboard", tags={"nbeval.kind": "arena"}) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         metrics = {}
@@ -44,10 +45,7 @@ def log_to_mlflow(board: pd.DataFrame, battles: pd.DataFrame, params: dict, out:
         metrics["arena/battles"] = float(len(battles))
         mlflow.log_metrics(metrics)
         mlflow.log_table(board, artifact_file="leaderboard_table.json")
-        mlflow.log_artifacts(str(out))
+        mlflow.log_artifacts(str(out))  # leaderboard files, the plot, the battles as read
         mlflow.log_text(wins.to_csv(), "win_rate_matrix.csv")
         mlflow.log_text(counts.to_csv(), "battle_count_matrix.csv")
-        battles_path = out / "battles.parquet"
-        battles.to_parquet(battles_path, index=False)
-        mlflow.log_artifact(str(battles_path))
     return run.info.run_id

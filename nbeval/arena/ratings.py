@@ -21,6 +21,12 @@ import pandas as pd
 SCALE = 400 / math.log(10)
 OUTCOMES = ("a", "b", "tie", "both_bad")
 _FASTCHAT_WINNERS = {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"}
+SCORE_OF_A = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # ties count as half a win
+
+
+def win_probability(rating_a, rating_b):
+    """P(a beats b) under Bradley–Terry on the Elo scale; works on scalars and arrays."""
+    return 1 / (1 + 10 ** ((np.asarray(rating_b) - np.asarray(rating_a)) / 400))
 
 
 def normalise_battles(df: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +76,7 @@ def aggregate(battles: pd.DataFrame) -> Aggregated:
     models, m = [str(u) for u in uniques], len(uniques)
     i, j = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
     outcome = pd.Categorical(battles["winner"], categories=OUTCOMES).codes
-    y2 = np.array([2, 0, 1, 1])[outcome]  # 2 × a's score, per OUTCOMES order
+    y2 = (2 * np.array([SCORE_OF_A[o] for o in OUTCOMES])).astype(np.int64)[outcome]  # 2 × a's score
     counts = np.bincount((i * m + j) * 3 + y2, minlength=m * m * 3)
     (code,) = np.nonzero(counts)
     return Aggregated(models, code // 3 // m, code // 3 % m, (code % 3) / 2, counts[code].astype(float))
@@ -150,8 +156,8 @@ def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -
     ratings: dict[str, float] = {}
     for a, b, w in zip(battles["model_a"], battles["model_b"], battles["winner"]):
         ra, rb = ratings.setdefault(a, initial), ratings.setdefault(b, initial)
-        ea = 1 / (1 + 10 ** ((rb - ra) / 400))
-        sa = {"a": 1.0, "b": 0.0}.get(w, 0.5)
+        ea = float(win_probability(ra, rb))
+        sa = SCORE_OF_A[w]
         ratings[a], ratings[b] = ra + k * (sa - ea), rb - k * (sa - ea)
     return ratings
 
@@ -159,7 +165,7 @@ def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -
 def pair_matrices(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(row model's win rate against column model with ties as ½, number of battles between them)."""
     a = battles[["model_a", "model_b"]].copy()
-    a["score"] = battles["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5})
+    a["score"] = battles["winner"].map(SCORE_OF_A)
     b = pd.DataFrame({"model_a": a["model_b"], "model_b": a["model_a"], "score": 1 - a["score"]})
     both = pd.concat([a, b], ignore_index=True)
     wins = both.pivot_table(index="model_a", columns="model_b", values="score", aggfunc="mean")
@@ -170,4 +176,4 @@ def pair_matrices(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def predicted_win_probability(board: pd.DataFrame) -> pd.DataFrame:
     """P(row beats column) implied by the ratings."""
     r = board.set_index("model")["rating"]
-    return pd.DataFrame(1 / (1 + 10 ** ((r.to_numpy()[None, :] - r.to_numpy()[:, None]) / 400)), index=r.index, columns=r.index)
+    return pd.DataFrame(win_probability(r.to_numpy()[:, None], r.to_numpy()[None, :]), index=r.index, columns=r.index)

@@ -13,6 +13,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from nbeval.arena.ratings import win_probability
+
 
 def _pairs(models: list[str]) -> list[tuple[str, str]]:
     if len(models) < 2:
@@ -36,7 +38,7 @@ def pair_weights(board: pd.DataFrame) -> dict[tuple[str, str], float]:
     b = board.set_index("model")
     out = {}
     for a, c in _pairs(sorted(b.index)):
-        p = 1 / (1 + 10 ** ((b.at[c, "rating"] - b.at[a, "rating"]) / 400))
+        p = float(win_probability(b.at[a, "rating"], b.at[c, "rating"]))
         width = (b.at[a, "ci_high"] - b.at[a, "ci_low"]) + (b.at[c, "ci_high"] - b.at[c, "ci_low"])
         out[(a, c)] = p * (1 - p) * max(width, 1e-9)
     return out

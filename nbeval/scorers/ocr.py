@@ -108,6 +108,7 @@ class EasyOCRScorer(Scorer):
             self.checksums()
             if self.threads:
                 torch.set_num_threads(self.threads)
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")  # easyocr's loader, harmless on CPU
             self._reader = easyocr.Reader(
                 ["en"], gpu=self.gpu, model_storage_directory=str(self.model_dir), download_enabled=False, verbose=False
             )
@@ -123,7 +124,6 @@ class EasyOCRScorer(Scorer):
     def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
         arrays = [self._prepare(im) for im in images]
         out = []
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # easyocr's loader, harmless on CPU
         for i in range(0, len(arrays), self.batch_size):
             chunk = arrays[i : i + self.batch_size]
             if len({a.shape for a in chunk}) == 1:

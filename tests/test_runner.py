@@ -34,7 +34,7 @@ def test_a_suite_without_target_is_built_from_the_entry_point_registry(compose_c
     from nbeval.registry import available, load
 
     assert available()["counting"] == "suites.counting:CountingSuite"
-    cfg = compose_cfg(["suite=[counting]", "~suite.counting._target_", "n=4"])
+    cfg = compose_cfg(["model=oracle", "suite=[counting]", "~suite.counting._target_", "n=4"])
     res = evaluate(cfg, tmp_path / "out")
     assert res["suites"]["counting"]["metrics"]["exact_accuracy"]["value"] == 1.0
     with pytest.raises(KeyError, match="did you mean counting"):

@@ -15,12 +15,17 @@ from nbeval.world import Scene, render, renderer_fingerprint
 class OracleAdapter(ModelAdapter):
     capabilities = frozenset({"generate", "edit"})
 
-    def __init__(self, name: str = "oracle", corruption: str | None = None, severity: int = 0) -> None:
+    def __init__(self, name: str = "oracle", corruption: str | None = None, severity: int = 0, render_size: int | None = None) -> None:
+        """`render_size` renders at that resolution and resizes to the requested one: the ceiling of a
+        model that works at that resolution (the reference model's is 64)."""
         corruptions.check(corruption, severity)
+        if render_size is not None and render_size < 8:
+            raise ValueError(f"render_size must be at least 8 pixels, got {render_size}")
         self.name, self.corruption, self.severity = name, corruption, int(severity)
+        self.render_size = None if render_size is None else int(render_size)
 
     def settings(self) -> dict:
-        return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint()}
+        return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint(), "render_size": self.render_size}
 
     def _draw(self, truth: dict, size: int, key: str) -> Image.Image:
         if "scene" not in truth:
@@ -29,7 +34,9 @@ class OracleAdapter(ModelAdapter):
         scene = Scene.from_dict(truth["scene"])
         if self.corruption in corruptions.SCENE_CORRUPTIONS:
             scene = corruptions.SCENE_CORRUPTIONS[self.corruption](scene, self.severity, rng)
-        img = render(scene, size)
+        img = render(scene, self.render_size or size)
+        if img.width != size:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
         if self.corruption in corruptions.IMAGE_CORRUPTIONS:
             img = corruptions.IMAGE_CORRUPTIONS[self.corruption](img, self.severity, rng)
         return img

@@ -33,19 +33,21 @@ def classify(mask: np.ndarray) -> str:
 class ShapeCounter(Scorer):
     name = "counter"
 
-    def __init__(self, work_side: int = 256, colour_tolerance: float = 90.0, min_area: float = 0.0012, median: int = 3) -> None:
-        """`min_area` is a fraction of the image area (a small shape covers about 0.004)."""
-        self.work_side, self.colour_tolerance, self.min_area, self.median = work_side, colour_tolerance, min_area, median
+    def __init__(self, work_side: int = 256, colour_tolerance: float = 90.0, min_area: float = 0.0012, median: int = 3, rim: int = 3) -> None:
+        """`min_area` is a fraction of the image area (a small shape covers about 0.004); `rim` the
+        width in pixels within which a blob counts as the rim of a neighbouring shape."""
+        self.work_side, self.colour_tolerance, self.min_area, self.median, self.rim = work_side, colour_tolerance, min_area, median, rim
         self._names = list(COLOURS) + ["_background", "_text"]
         self._palette = np.array(list(COLOURS.values()) + [BACKGROUND, TEXT_COLOUR], dtype=np.float32)
 
     def settings(self) -> dict:
         return {
-            "version": 1,
+            "version": 3,
             "work_side": self.work_side,
             "colour_tolerance": self.colour_tolerance,
             "min_area": self.min_area,
             "median": self.median,
+            "rim": self.rim,
             "palette": {k: list(v) for k, v in COLOURS.items()},
         }
 
@@ -62,15 +64,25 @@ class ShapeCounter(Scorer):
         idx[d.min(-1) > self.colour_tolerance] = -1
         return idx
 
+    def _is_rim(self, blob: np.ndarray, near_other: np.ndarray) -> bool:
+        if near_other[blob].mean() <= 0.5:
+            return False
+        core = ndimage.binary_erosion(blob, _EIGHT_CONNECTED, iterations=self.rim - 1)
+        return core.sum() < 0.25 * blob.sum()
+
     def read(self, img: Image.Image) -> dict:
         idx = self._segment(img)
         min_px = self.min_area * idx.size
+        shape_px = (idx >= 0) & (idx < len(COLOURS))
         objects = []
         for ci, colour in enumerate(COLOURS):
             labels, n = ndimage.label(idx == ci, structure=_EIGHT_CONNECTED)
+            # Things never touch in the world, so a thin blob hugging another colour's shape is the
+            # blended rim of that shape (resampling, anti-aliasing: orange edges read as yellow).
+            near_other = ndimage.binary_dilation(shape_px & (idx != ci), _EIGHT_CONNECTED, iterations=self.rim)
             for sl, lab in zip(ndimage.find_objects(labels), range(1, n + 1)):
                 blob = labels[sl] == lab
-                if blob.sum() < min_px:
+                if blob.sum() < min_px or self._is_rim(blob, near_other[sl]):
                     continue
                 y, x = sl
                 objects.append(

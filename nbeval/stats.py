@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 N_BOOTSTRAP = 2000
 
@@ -57,6 +61,13 @@ def bootstrap_mean(values: np.ndarray, confidence: float = 0.95, n_boot: int = N
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return Estimate(float(x.mean()), float(lo), float(hi), n, "bootstrap")
+
+
+def paired_difference(a: pd.Series, b: pd.Series, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Mean of a − b over the samples both scored (aligned on the index), with a paired bootstrap CI:
+    the same samples and seeds on both sides, so sample-to-sample variance cancels."""
+    both = (a.astype(float) - b.astype(float)).dropna()
+    return bootstrap_mean(both.to_numpy(), confidence, seed=seed)
 
 
 def proportion(flags: np.ndarray, confidence: float = 0.95) -> Estimate:

@@ -1,0 +1,2 @@
+"""nbeval's reference model: plan → masked autoregressive continuous tokens → per-token diffusion head →
+decoder. One readable file per part; `model.ReferenceModel` puts them together, `train.py` trains them."""

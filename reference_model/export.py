@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 PARTS = ("tokenizer", "planner", "generator")
+# The tokenizer ships with its fine-tuned decoder (same encoder, same latent space) when there is one.
+SOURCES = {"tokenizer": ("decoder", "tokenizer"), "planner": ("planner",), "generator": ("generator",)}
 
 
 def _cpu_name() -> str:
@@ -52,13 +54,18 @@ def plot_losses(histories: dict[str, list[dict]], path: Path) -> None:
 def export(cfg: DictConfig, out_dir: Path) -> Path:
     tensors, stages = {}, {}
     for part in PARTS:
-        ckpt = torch.load(out_dir / f"{part}.pt", map_location="cpu", weights_only=False)
-        if not ckpt["state"]["done"]:
-            raise SystemExit(f"stage {part} is not finished ({ckpt['state']['step']} steps); resume training first")
-        for k, v in ckpt["model"].items():
-            tensors[f"{part}.{k}"] = v.half().contiguous() if v.is_floating_point() else v.contiguous()
-        st = ckpt["state"]
-        stages[part] = {"steps": st["step"], "images": st["images"], "wall_minutes": round(st["wall"] / 60, 1), "config": ckpt["config"], "history": st["history"]}
+        weights_from = next(s for s in SOURCES[part] if (out_dir / f"{s}.pt").exists() or s == SOURCES[part][-1])
+        for stage in SOURCES[part]:
+            if not (out_dir / f"{stage}.pt").exists():
+                continue
+            ckpt = torch.load(out_dir / f"{stage}.pt", map_location="cpu", weights_only=False)
+            if not ckpt["state"]["done"]:
+                raise SystemExit(f"stage {stage} is not finished ({ckpt['state']['step']} steps); resume training first")
+            if stage == weights_from:
+                for k, v in ckpt["model"].items():
+                    tensors[f"{part}.{k}"] = v.half().contiguous() if v.is_floating_point() else v.contiguous()
+            st = ckpt["state"]
+            stages[stage] = {"steps": st["step"], "images": st["images"], "wall_minutes": round(st["wall"] / 60, 1), "config": ckpt["config"], "history": st["history"]}
     CHECKPOINTS.mkdir(exist_ok=True)
     path = CHECKPOINTS / f"{cfg.export_name}.safetensors"
     save_file(tensors, str(path))
@@ -67,7 +74,8 @@ def export(cfg: DictConfig, out_dir: Path) -> Path:
         "preset": cfg.preset.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "bytes": path.stat().st_size,
-        "parameters": {part: sum(v.numel() for k, v in tensors.items() if k.startswith(part + ".")) for part in PARTS},
+        # per stage: what it trained (the decoder stage trains the tokenizer's decoder only)
+        "parameters": {part: sum(v.numel() for k, v in tensors.items() if k.startswith(prefix)) for part, prefix in (("tokenizer", "tokenizer."), ("decoder", "tokenizer.decoder."), ("planner", "planner."), ("generator", "generator."))},
         "hardware": hardware(cfg.preset.device),
         "torch": torch.__version__,
         "seed": cfg.seed,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nbeval.world import Scene
+from nbeval.world import Scene, render
 from nbeval.world.render import text_width
 from reference_model import plan
 from reference_model.data import Example
@@ -158,8 +158,6 @@ class Generator(nn.Module):
     @torch.no_grad()
     def training_batch(self, examples: list[Example], tokenizer: Tokenizer, gen: torch.Generator, device: str, p_drop_plan: float = 0.1, p_drop_glyph: float = 0.1, p_drop_all: float = 0.1) -> dict:
         """Images rendered from the plan's own (quantised) scene, so plan, glyphs and pixels agree."""
-        from nbeval.world import render
-
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
         scenes = [plan.quantise(e.scene) for e in examples]
         target = patchify(tokenizer.encode(to_tensor([render(s, IMAGE_SIZE) for s in scenes]).to(device)))

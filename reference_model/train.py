@@ -1,4 +1,4 @@
-"""Train the reference model on the world, on the fly: tokenizer → planner → generator → export.
+"""Train the reference model on the world, on the fly: tokenizer → decoder → planner → generator → export.
 
 Each stage checkpoints to `out_dir/<stage>.pt` (weights, optimiser, step, loss history, wall time) and
 resumes from it, so a killed background job loses at most `ckpt_every` steps. Data for step k comes from
@@ -8,7 +8,6 @@ a generator seeded by (seed, stage, k), so a resumed run sees the same data as a
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -20,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from nbeval.world import render
-from reference_model import data, plan
+from reference_model import data
 from reference_model.tokenizer import IMAGE_SIZE, Tokenizer, to_tensor
 
-STAGES = ("tokenizer", "planner", "generator")
+STAGES = ("tokenizer", "decoder", "planner", "generator")
 
 
 def lr_at(step: int, cfg: DictConfig) -> float:
@@ -52,11 +51,30 @@ class TokenizerStage:
 
     def step_loss(self, rng: random.Random, cfg: DictConfig) -> tuple[torch.Tensor, dict]:
         images = [render(data.random_scene(rng)[0], IMAGE_SIZE) for _ in range(cfg.batch)]
-        return self.model.loss(to_tensor(images).to(self.device))
+        return self.model.loss(to_tensor(images).to(self.device), kl_weight=cfg.kl_weight)
 
     def finish(self, rng: random.Random) -> None:
         images = [render(data.random_scene(rng)[0], IMAGE_SIZE) for _ in range(256)]
         self.model.set_latent_stats(to_tensor(images).to(self.device))
+
+
+class DecoderStage:
+    """The tokenizer's decoder fine-tuned on text-heavy scenes with its encoder frozen: sharper strokes
+    without moving the latent space, so it can run while (or after) the generator trains on it."""
+
+    name = "decoder"
+
+    def __init__(self, cfg: DictConfig, out_dir: Path, device: str) -> None:
+        self.model = load_tokenizer(out_dir, device)
+        self.model.decoder.requires_grad_(True)
+        self.device = device
+
+    def step_loss(self, rng: random.Random, cfg: DictConfig) -> tuple[torch.Tensor, dict]:
+        images = [render(data.random_scene(rng, rng.choice(("text", "mixed")))[0], IMAGE_SIZE) for _ in range(cfg.batch)]
+        return self.model.loss(to_tensor(images).to(self.device), kl_weight=cfg.kl_weight, dark_weight=cfg.dark_weight)
+
+    def finish(self, rng: random.Random) -> None:
+        pass
 
 
 class PlannerStage:
@@ -153,7 +171,7 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = {c.name: c for c in (TokenizerStage, PlannerStage, GeneratorStage)}
+    classes = {c.name: c for c in (TokenizerStage, DecoderStage, PlannerStage, GeneratorStage)}
     todo = list(STAGES) if cfg.stage == "all" else [] if cfg.stage == "export" else [cfg.stage]
     unknown = set(todo) - set(classes)
     if unknown or cfg.stage not in (*STAGES, "all", "export"):

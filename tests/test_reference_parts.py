@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from nbeval.world import Scene, Shape, Word, render
+from nbeval.world import Scene, Shape, Word
 from nbeval.world.layout import MARGIN, shape_box, word_box
 from reference_model import data, plan
 from reference_model.model import changed_tokens
@@ -116,7 +116,7 @@ def test_train_script_loss_falls_and_a_killed_run_resumes(tmp_path):
         assert len(losses) == 12
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"{stage} loss did not fall: {losses}"
 
-    planner = [f"stage=planner", "preset.planner.steps=400", "preset.planner.batch=4", "preset.planner.ckpt_every=5", "preset.planner.log_every=1"]
+    planner = ["stage=planner", "preset.planner.steps=400", "preset.planner.batch=4", "preset.planner.ckpt_every=5", "preset.planner.log_every=1"]
     proc = subprocess.Popen(base + planner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "planner.pt"
     deadline = time.time() + 300

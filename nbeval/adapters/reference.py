@@ -1,0 +1,80 @@
+"""nbeval's own reference model as a model under test (`reference_model/`, shipped checkpoint).
+
+The ablation presets (`conf/model/reference_*.yaml`) are the same weights with one switch changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter, timed
+
+DEFAULT_CHECKPOINT = "reference-cpu"
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def checkpoint_path(checkpoint: str) -> Path:
+    """A file path, or the name of a checkpoint shipped in `reference_model/checkpoints/`."""
+    path = Path(checkpoint).expanduser()
+    if path.suffix == ".safetensors":
+        return path
+    from reference_model.export import CHECKPOINTS
+
+    return CHECKPOINTS / f"{checkpoint}.safetensors"
+
+
+class ReferenceAdapter(ModelAdapter):
+    capabilities = frozenset({"generate", "edit"})
+
+    def __init__(self, name: str = "reference", checkpoint: str = DEFAULT_CHECKPOINT, device: str = "cpu", **settings) -> None:
+        from reference_model.model import Settings
+
+        self.name, self.device = name, device
+        self.checkpoint = checkpoint_path(checkpoint)
+        if not self.checkpoint.exists():
+            raise FileNotFoundError(f"reference model checkpoint {self.checkpoint} not found (train one: python -m reference_model.train)")
+        self.options = Settings(**settings)
+        self._model = None
+
+    def settings(self) -> dict:
+        return {"checkpoint_sha256": _sha256(self.checkpoint), **asdict(self.options)}
+
+    @property
+    def model(self):
+        if self._model is None:
+            from reference_model.model import ReferenceModel
+
+            self._model = ReferenceModel.load(self.checkpoint, self.device)
+        return self._model
+
+    def _truth(self, truth: dict):
+        from nbeval.world import Scene
+
+        return Scene.from_dict(truth["scene"]) if "scene" in truth else None
+
+    def _one(self, r: GenRequest):
+        return self.model.generate([r.prompt], [r.seed], self.options, [self._truth(r.truth)], r.size)[0]
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        try:
+            if len({r.size for r in requests}) > 1:
+                raise ValueError("requests of several sizes in one batch")
+            images = self.model.generate([r.prompt for r in requests], [r.seed for r in requests], self.options, [self._truth(r.truth) for r in requests], requests[0].size)
+        except Exception:  # noqa: BLE001 — retried one by one below, so one bad request fails alone
+            return [timed(self._one, r) for r in requests]
+        per_image = (time.perf_counter() - t0) / len(requests)
+        return [GenResult(img, per_image) for img in images]
+
+    def edit(self, requests: list[EditRequest]) -> list[GenResult]:
+        return [timed(lambda r=r: self.model.edit(r.prompt, r.instructions, r.images[-1], r.seed, self.options, self._truth(r.truth), r.size)) for r in requests]

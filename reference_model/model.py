@@ -1,0 +1,155 @@
+"""The reference model put together: plan → generate tokens → decode, and multi-turn editing.
+
+`ReferenceModel.load(path)` reads the shipped safetensors checkpoint; the switches in `Settings` are
+the ablations (planner off / learned / ground truth, glyphs on/off, diffusion vs regression head, edit
+context on/off) and the sampling knobs. Everything random about an image comes from its own seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from nbeval.world import Scene
+from nbeval.world.layout import MARGIN, shape_box, word_box
+from reference_model import plan
+from reference_model.generator import GRID, Generator, collate_prefix, prefix_items
+from reference_model.glyph import glyph_tokens
+from reference_model.planner import Planner
+from reference_model.tokenizer import IMAGE_SIZE, Tokenizer, patchify, to_images, to_tensor, unpatchify
+
+PLAN_MODES = ("learned", "none", "truth")
+HEADS = ("diffusion", "regression")
+
+
+@dataclass(frozen=True)
+class Settings:
+    plan: str = "learned"  # learned planner | none (prompt only) | truth (the sample's scene, an upper bound)
+    glyphs: bool = True
+    head: str = "diffusion"
+    edit_context: bool = True  # keep the tokens of regions the new plan did not change
+    steps: int = 8  # masked-generation steps
+    head_steps: int = 10  # DDIM steps of the diffusion head
+    temperature: float = 1.0
+    cfg_scale: float = 1.5
+    planner_temperature: float = 1.0  # layout: where things go
+    planner_content_temperature: float = 0.0  # content: which objects, how many, which characters
+    planner_edit_temperature: float = 0.0  # edits, every token: unchanged things are copied, not re-placed
+
+    def __post_init__(self) -> None:
+        if self.plan not in PLAN_MODES:
+            raise ValueError(f"plan must be one of {PLAN_MODES}, got {self.plan!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.steps < 1 or self.head_steps < 1:
+            raise ValueError("steps and head_steps must be at least 1")
+
+
+def image_key(img: Image.Image) -> str:
+    return hashlib.sha256(img.convert("RGB").tobytes() + repr(img.size).encode()).hexdigest()
+
+
+def changed_tokens(before: Scene, after: Scene) -> torch.Tensor:
+    """(64,) bool: token cells touched by anything the new plan added, removed, moved or changed."""
+    boxes = [shape_box(s) for s in set(before.shapes) ^ set(after.shapes)]
+    boxes += [word_box(w) for w in set(before.words) ^ set(after.words)]
+    mask = torch.zeros(GRID, GRID, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        c0, c1 = int(max(0.0, x0 - MARGIN) * GRID), int(min(0.999, x1 + MARGIN) * GRID)
+        r0, r1 = int(max(0.0, y0 - MARGIN) * GRID), int(min(0.999, y1 + MARGIN) * GRID)
+        mask[r0 : r1 + 1, c0 : c1 + 1] = True
+    return mask.flatten()
+
+
+class ReferenceModel:
+    def __init__(self, tokenizer: Tokenizer, planner: Planner, generator: Generator, meta: dict, device: str = "cpu") -> None:
+        self.tokenizer, self.planner, self.generator = (m.to(device).eval() for m in (tokenizer, planner, generator))
+        self.meta, self.device = meta, device
+        self._plans: dict[str, list[int]] = {}  # image key → the plan it was drawn from (edit context)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ReferenceModel:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"reference model checkpoint {path} not found")
+        tensors = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text())
+        parts = {"tokenizer": Tokenizer(), "planner": Planner(), "generator": Generator()}
+        for name, module in parts.items():
+            state = {k[len(name) + 1 :]: v.float() for k, v in tensors.items() if k.startswith(name + ".")}
+            module.load_state_dict(state)
+        return cls(parts["tokenizer"], parts["planner"], parts["generator"], meta, device)
+
+    # --- planning ---------------------------------------------------------------------------------
+    def plan(self, prompt: str, seed: int, settings: Settings, previous: list[int] | None = None) -> list[int]:
+        g = torch.Generator().manual_seed(seed)
+        if previous is not None:
+            return self.planner.sample(prompt, g, previous, settings.planner_edit_temperature, settings.planner_edit_temperature)
+        return self.planner.sample(prompt, g, previous, settings.planner_temperature, settings.planner_content_temperature)
+
+    def _conversation_plan(self, prompt: str, instructions: tuple[str, ...], seed: int, settings: Settings) -> list[int]:
+        """Re-plan a conversation from its text (for an image this model did not draw itself)."""
+        tokens = self.plan(prompt, seed, settings)
+        for turn, instruction in enumerate(instructions, start=1):
+            tokens = self.plan(instruction, seed + turn, settings, previous=tokens[:-1] + [plan.END])
+        return tokens
+
+    # --- drawing ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, known: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> list[Image.Image]:
+        items = [prefix_items(p, s) for p, s in zip(prompts, planned)]
+        with_glyphs = [s if (s is not None and settings.glyphs) else Scene() for s in planned]
+        glyphs = glyph_tokens(with_glyphs, self.tokenizer)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        tokens = self.generator.sample(
+            collate_prefix(items).to(self.device), glyphs, gens, known, keep,
+            steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
+            cfg_scale=settings.cfg_scale, head=settings.head,
+        )
+        return to_images(self.tokenizer.decode(unpatchify(tokens)))
+
+    def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
+        """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
+        plans = [self._plan_for(p, s, settings, t) for p, s, t in zip(prompts, seeds, truths or [None] * len(prompts))]
+        images = [_resize(im, size) for im in self._draw(prompts, [sc for _, sc in plans], seeds, settings)]
+        for img, (tokens, _) in zip(images, plans):
+            if tokens is not None:
+                self._plans[image_key(img)] = tokens
+        return images
+
+    def _plan_for(self, prompt: str, seed: int, settings: Settings, truth: Scene | None, previous: list[int] | None = None) -> tuple[list[int] | None, Scene | None]:
+        if settings.plan == "none":
+            return None, None
+        if settings.plan == "truth":
+            if truth is None:
+                raise ValueError("plan='truth' needs the sample's scene")
+            tokens = plan.encode(truth)
+        else:
+            tokens = self.plan(prompt, seed, settings, previous)
+        return tokens, plan.decode(tokens)
+
+    def edit(self, prompt: str, instructions: tuple[str, ...], image: Image.Image, seed: int, settings: Settings, truth: Scene | None = None, size: int = IMAGE_SIZE) -> Image.Image:
+        """Apply the last instruction to `image` (the previous turn), knowing the conversation so far."""
+        previous = self._plans.get(image_key(image))
+        if previous is None and settings.plan == "learned":
+            previous = self._conversation_plan(prompt, instructions[:-1], seed, settings)
+        tokens, scene = self._plan_for(instructions[-1], seed + len(instructions), settings, truth, previous)
+        known = keep = None
+        if settings.edit_context and previous is not None and scene is not None:
+            known = patchify(self.tokenizer.encode(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device)))
+            keep = ~changed_tokens(plan.decode(previous), scene)[None].to(self.device)
+        (img,) = self._draw([instructions[-1]], [scene], [seed + len(instructions)], settings, known, keep)
+        img = _resize(img, size)
+        if tokens is not None:
+            self._plans[image_key(img)] = tokens
+        return img
+
+
+def _resize(img: Image.Image, size: int) -> Image.Image:
+    return img if img.width == size else img.resize((size, size), Image.Resampling.BICUBIC)

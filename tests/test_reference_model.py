@@ -1,0 +1,101 @@
+"""The shipped reference checkpoint: deterministic for a seed (golden image), usable through nbeval,
+editing keeps what an edit did not touch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+from nbeval.adapters.base import EditRequest, GenRequest
+from nbeval.adapters.reference import ReferenceAdapter
+from reference_model import plan
+from reference_model.model import Settings, changed_tokens, image_key
+
+GOLDEN = Path(__file__).parent / "golden"
+PROMPT = 'Three red circles and two blue squares. Write "JAZZ".'
+
+
+@pytest.fixture(scope="module")
+def adapter() -> ReferenceAdapter:
+    return ReferenceAdapter()
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
+def test_golden_image_for_a_seed(adapter):
+    """Same checkpoint, prompt and seed → the recorded image (to within float noise across CPUs);
+    regenerate with `python tests/golden/make.py` only when the checkpoint changes on purpose."""
+    golden = json.loads((GOLDEN / "reference-cpu.json").read_text())
+    assert golden["checkpoint_sha256"] == adapter.settings()["checkpoint_sha256"], "checkpoint changed: regenerate tests/golden"
+    (img,) = adapter.model.generate([golden["prompt"]], [golden["seed"]], Settings(), size=128)
+    expected = _pixels(Image.open(GOLDEN / "reference-cpu.png"))
+    assert np.abs(_pixels(img) - expected).mean() < 1.0
+    (again,) = adapter.model.generate([golden["prompt"]], [golden["seed"]], Settings(), size=128)
+    assert np.array_equal(_pixels(again), _pixels(img))
+    (other,) = adapter.model.generate([golden["prompt"]], [golden["seed"] + 1], Settings(), size=128)
+    assert np.abs(_pixels(other) - _pixels(img)).mean() > 1.0
+
+
+def test_an_image_does_not_depend_on_its_batch(adapter):
+    alone = adapter.generate([GenRequest("a", PROMPT, 3, 128)])[0].image
+    batched = adapter.generate([GenRequest("b", "Draw one green triangle.", 4, 128), GenRequest("a", PROMPT, 3, 128)])[1].image
+    assert np.abs(_pixels(alone) - _pixels(batched)).mean() < 1.0
+
+
+def test_ground_truth_plan_ablation_uses_the_scene_and_needs_it():
+    from nbeval.world import Scene, Shape
+
+    gt = ReferenceAdapter(plan="truth")
+    scene = Scene(shapes=(Shape("square", "green", "large", 0.5, 0.5),))
+    res = gt.generate([GenRequest("s", "Draw one green square.", 0, 128, {"scene": scene.to_dict()}), GenRequest("t", "no truth", 0, 128)])
+    assert res[0].error is None and res[1].error is not None and "truth" in res[1].error
+    centre = _pixels(res[0].image)[56:72, 56:72].mean(axis=(0, 1))
+    assert centre[1] > centre[0] + 40 and centre[1] > centre[2] + 40  # green in the middle
+
+
+def test_editing_keeps_the_untouched_regions(adapter):
+    """An edit of a busy true image (the ground-truth-input protocol): with edit context the regions the
+    new plan did not change keep the image's own content; regenerating from scratch loses it."""
+    from nbeval.world import Scene, Shape, render
+
+    shapes = tuple(Shape(k, c, "medium", x, y) for k, c, x, y in (("circle", "red", 0.2, 0.2), ("square", "blue", 0.5, 0.2), ("triangle", "green", 0.8, 0.2), ("circle", "purple", 0.2, 0.5), ("square", "orange", 0.5, 0.5)))
+    scene = Scene(shapes=shapes)
+    prompt, instruction = "A picture of " + ", ".join(f"a {s.colour} {s.kind}" for s in shapes) + ".", "Add a large yellow triangle at the bottom right."
+    img = render(scene, 128)
+    request = EditRequest("e", 1, prompt, (instruction,), (img,), 11, 128)
+    kept = adapter.edit([request])[0]
+    assert kept.error is None
+    before = plan.decode(adapter.model._conversation_plan(prompt, (), 11, adapter.options))
+    after = plan.decode(adapter.model._plans[image_key(kept.image)])
+    untouched = (~changed_tokens(before, after)).reshape(8, 8).repeat_interleave(16, 0).repeat_interleave(16, 1).numpy()
+    assert untouched.mean() > 0.2
+    fresh = ReferenceAdapter(edit_context=False).edit([request])[0]
+    diff_kept = np.abs(_pixels(kept.image) - _pixels(img))[untouched].mean()
+    diff_fresh = np.abs(_pixels(fresh.image) - _pixels(img))[untouched].mean()
+    assert diff_kept < 0.5 * diff_fresh, (diff_kept, diff_fresh)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ReferenceAdapter(checkpoint=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ValueError, match="plan must be one of"):
+        ReferenceAdapter(plan="maybe")
+
+
+@pytest.mark.slow
+def test_nbeval_run_uses_the_reference_model_by_default(tmp_path):
+    r = run_cli(["run", "n=6", "tracking=none", f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'out'}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["model"]["name"] == "reference"
+    for suite in ("text_rendering", "counting"):
+        assert res["suites"][suite]["n_failed_generations"] == 0
+        assert res["suites"][suite]["n_samples"] == 6

@@ -126,6 +126,7 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         "## Training",
         f"- Preset `{meta['preset']}`, seed {meta['seed']}, `python -m reference_model.train preset={meta['preset']}`; hardware: {meta['hardware']}; torch {meta['torch']}.",
         f"- Checkpoint: `{name}.safetensors`, fp16, {meta['bytes'] / 1e6:.1f} MB, sha256 `{meta['sha256']}`.",
+        *([f"- {meta['notes']}"] if meta.get("notes") else []),
         "",
         "| part | parameters | steps | images seen | wall time (min) |",
         "|---|---|---|---|---|",
@@ -181,9 +182,13 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=30, help="edit chains for the drift figures")
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("outputs/reference_card"))
+    ap.add_argument("--from-figures", action="store_true", help="rewrite the card from <out>/figures.json without measuring again")
     args = ap.parse_args()
     torch.set_num_threads(2)
     meta = json.loads((CHECKPOINTS / f"{args.name}.json").read_text())
+    if args.from_figures:
+        print("wrote", write_card(args.name, meta, json.loads((args.out / "figures.json").read_text())))
+        return
     model = ReferenceModel.load(CHECKPOINTS / f"{args.name}.safetensors")
     figures: dict = {"n": args.n, "drift_chains": args.chains, "suites": {}, "paired": []}
     figures["plan_accuracy"] = plan_accuracy(model, args.plan_n)

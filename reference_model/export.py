@@ -39,8 +39,9 @@ def hardware(device: str) -> str:
 def plot_losses(histories: dict[str, list[dict]], path: Path) -> None:
     from nbeval.plots import plt
 
-    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3.2))
-    for ax, (name, hist) in zip(axes, histories.items()):
+    histories = {name: hist for name, hist in histories.items() if hist}  # a stage of 0 steps has no curve
+    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3.2), squeeze=False)
+    for ax, (name, hist) in zip(axes[0], histories.items()):
         ax.plot([h["images"] for h in hist], [h["loss"] for h in hist], lw=1)
         ax.set_title(f"{name} loss")
         ax.set_xlabel("images seen")
@@ -79,6 +80,7 @@ def export(cfg: DictConfig, out_dir: Path) -> Path:
         "hardware": hardware(cfg.preset.device),
         "torch": torch.__version__,
         "seed": cfg.seed,
+        "notes": cfg.get("notes") or "",
         "stages": stages,
         "train_config": OmegaConf.to_container(cfg.preset),
     }

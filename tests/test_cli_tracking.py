@@ -50,7 +50,8 @@ def test_run_logs_params_metrics_tables_images_and_nested_suite_runs(tmp_path):
 
 
 def test_multirun_nests_jobs_under_one_parent(tmp_path):
-    r = run_cli(["run", "-m", "model=oracle,oracle_blur", "model.severity=4", "suite=counting", "n=16", f"cache_dir={tmp_path / 'c'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, _env(tmp_path))
+    # ++: the sweep is composed once on the default model (the reference model, which has no severity)
+    r = run_cli(["run", "-m", "model=oracle,oracle_blur", "++model.severity=4", "suite=counting", "n=16", f"cache_dir={tmp_path / 'c'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, _env(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     client = _client(tmp_path)
     (parent,) = _runs(client, "tags.`nbeval.kind` = 'multirun'")

@@ -97,7 +97,7 @@ class ReferenceModel:
         """Re-plan a conversation from its text (for an image this model did not draw itself)."""
         tokens = self.plan(prompt, seed, settings)
         for turn, instruction in enumerate(instructions, start=1):
-            tokens = self.plan(instruction, seed + turn, settings, previous=tokens[:-1] + [plan.END])
+            tokens = self.plan(instruction, seed + turn, settings, previous=tokens)
         return tokens
 
     # --- drawing ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from nbeval.stats import bootstrap_mean, paired_difference, proportion
 from nbeval.world import COMMON_WORDS, RARE_LETTER_WORDS, LayoutError, Scene, apply_edit, scene_prompt
 from reference_model import data, plan
 from reference_model.export import CHECKPOINTS, PARTS
-from reference_model.model import ReferenceModel, Settings, changed_tokens
+from reference_model.model import ReferenceModel, Settings, changed_tokens, image_key
 
 PRESETS = ("reference", "reference_noplan", "reference_gtplan", "reference_noglyph", "reference_regression")
 HEADLINES = (("text_rendering", "exact_match"), ("text_rendering", "cer"), ("counting", "exact_accuracy"), ("counting", "mae"))
@@ -79,7 +79,7 @@ def edit_drift(model: ReferenceModel, chains: int, turns: int) -> dict:
             scene, grouped = data.random_scene(rng, "mixed")
             prompt = scene_prompt(scene, grouped=grouped)
             (img,) = model.generate([prompt], [c], settings, size=128)
-            first, first_scene = np.asarray(img, dtype=np.float32), plan.decode(model._plans.get(_key(img)) or plan.encode(scene))
+            first, first_scene = np.asarray(img, dtype=np.float32), plan.decode(model._plans.get(image_key(img)) or plan.encode(scene))
             instructions: list[str] = []
             touched = torch.zeros(64, dtype=torch.bool)
             curves[c, 0] = 0.0
@@ -90,7 +90,7 @@ def edit_drift(model: ReferenceModel, chains: int, turns: int) -> dict:
                     break
                 instructions.append(e.instruction)
                 img = model.edit(prompt, tuple(instructions), img, c, settings, size=128)
-                planned = plan.decode(model._plans.get(_key(img)) or plan.encode(e.after))
+                planned = plan.decode(model._plans.get(image_key(img)) or plan.encode(e.after))
                 touched |= changed_tokens(first_scene, planned) | changed_tokens(e.before, e.after)
                 scene = e.after
                 keep = (~touched).reshape(8, 8).repeat_interleave(16, 0).repeat_interleave(16, 1).numpy()
@@ -98,12 +98,6 @@ def edit_drift(model: ReferenceModel, chains: int, turns: int) -> dict:
                     curves[c, t] = float(np.abs(np.asarray(img, dtype=np.float32) - first)[keep].mean())
         out[label] = [bootstrap_mean(curves[:, t]).to_dict() for t in range(turns + 1)]
     return out
-
-
-def _key(img) -> str:
-    from reference_model.model import image_key
-
-    return image_key(img)
 
 
 def fmt(e: dict, digits: int = 3) -> str:

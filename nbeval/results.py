@@ -155,9 +155,12 @@ def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path
         try:
             sample_grid(r, cache).save(d / "sample_grid.png")
             figures = r.suite.plots(valid, r.samples) if len(valid) else {}
+            galleries = r.suite.galleries(valid, r.samples, r.generations, cache.get_image) if len(valid) else {}
         except Exception:  # noqa: BLE001 — a plotting bug must not lose a finished evaluation
             log.exception("%s: could not draw its figures", r.suite.name)
             continue
         for name, fig in figures.items():
             fig.savefig(d / "plots" / f"{name}.png", dpi=100)
             plt.close(fig)
+        for name, img in galleries.items():
+            img.save(d / "plots" / f"{name}.png")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from nbeval.adapters.base import GenRequest, GenResult, ModelAdapter
+from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
 from nbeval.cache import Cache
 from nbeval.records import (
     Generation,
@@ -62,37 +62,64 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def generate(model: ModelAdapter, samples: list[Sample], size: int, cache: Cache, batch_size: int, desc: str) -> list[Generation]:
-    """Turn-0 image of every sample: from the cache when this model made it before at this size, else generated."""
+def _requests(model: ModelAdapter, batch: list[Sample], turn: int, size: int, inputs: dict[str, list[str]], cache: Cache) -> list[GenResult]:
+    if turn == 0:
+        return model.generate([GenRequest(s.id, s.prompt, s.seed, size, s.truth[0]) for s in batch])
+    return model.edit([
+        EditRequest(s.id, turn, s.prompt, s.turns[:turn], tuple(map(cache.get_image, inputs[s.id])), s.seed, size, s.truth[turn])
+        for s in batch
+    ])
+
+
+def generate(model: ModelAdapter, suite: Suite, samples: list[Sample], size: int, cache: Cache, batch_size: int) -> list[Generation]:
+    """Every turn of every sample: from the cache when this model made it before from the same
+    inputs at this size, else generated. Turn t > 0 edits the images of turns < t that
+    `suite.edit_input` chooses (the model's own, or the truth's); a failed turn ends its chain."""
     fp = model.fingerprint
-    key = {s.id: content_hash([s.key, size]) for s in samples}
-    by_id: dict[str, Generation] = {}
-    pending: list[Sample] = []
-    for s in samples:
-        hit = cache.get_generation(fp, key[s.id], 0)
-        if hit:
-            by_id[s.id] = Generation(s.id, 0, model.name, fp, hit["image_sha256"], hit["seconds"], None, True)
-        else:
-            pending.append(s)
-    with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{desc}: generate", unit="img", leave=False) as bar:
-        for batch in _chunks(pending, batch_size):
-            requests = [GenRequest(s.id, s.prompt, s.seed, size, s.truth[0]) for s in batch]
-            try:
-                results = model.generate(requests)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"model returned {len(results)} results for {len(batch)} requests")
-            except Exception as e:  # noqa: BLE001 — a whole-batch failure fails its rows, not the run
-                log.warning("generation batch failed: %s", _error(e))
-                results = [GenResult(None, 0.0, f"batch failed: {_error(e)}")] * len(batch)
-            for s, r in zip(batch, results):
-                if r.image is None:
-                    by_id[s.id] = Generation(s.id, 0, model.name, fp, None, r.seconds, r.error or "no image")
-                    continue
-                sha = cache.put_image(r.image)
-                cache.put_generation(fp, key[s.id], 0, sha, r.seconds, r.manifest)
-                by_id[s.id] = Generation(s.id, 0, model.name, fp, sha, r.seconds)
-            bar.update(len(batch))
-    return [by_id[s.id] for s in samples]
+    out: list[Generation] = []
+    inputs: dict[str, list[str]] = {s.id: [] for s in samples}  # sha256 of the images each turn edits
+    alive = list(samples)
+    for turn in range(1 + max((len(s.turns) for s in samples), default=0)):
+        todo = [s for s in alive if len(s.turns) >= turn]
+        key = {s.id: content_hash([s.key, size, *inputs[s.id]]) for s in todo}
+        by_id: dict[str, Generation] = {}
+        pending: list[Sample] = []
+        for s in todo:
+            hit = cache.get_generation(fp, key[s.id], turn)
+            if hit:
+                by_id[s.id] = Generation(s.id, turn, model.name, fp, hit["image_sha256"], hit["seconds"], None, True)
+            else:
+                pending.append(s)
+        desc = f"{suite.name}: " + ("generate" if turn == 0 else f"edit turn {turn}")
+        with tqdm(total=len(todo), initial=len(todo) - len(pending), desc=desc, unit="img", leave=False) as bar:
+            for batch in _chunks(pending, batch_size):
+                try:
+                    results = _requests(model, batch, turn, size, inputs, cache)
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"model returned {len(results)} results for {len(batch)} requests")
+                except Exception as e:  # noqa: BLE001 — a whole-batch failure fails its rows, not the run
+                    log.warning("generation batch failed: %s", _error(e))
+                    results = [GenResult(None, 0.0, f"batch failed: {_error(e)}")] * len(batch)
+                for s, r in zip(batch, results):
+                    if r.image is None:
+                        by_id[s.id] = Generation(s.id, turn, model.name, fp, None, r.seconds, r.error or "no image")
+                        continue
+                    sha = cache.put_image(r.image)
+                    cache.put_generation(fp, key[s.id], turn, sha, r.seconds, r.manifest)
+                    by_id[s.id] = Generation(s.id, turn, model.name, fp, sha, r.seconds)
+                bar.update(len(batch))
+        gens = [by_id[s.id] for s in todo]
+        out += gens
+        alive = [s for s, g in zip(todo, gens) if g.image_sha256]
+        out += [
+            Generation(s.id, later, model.name, fp, None, 0.0, f"turn {turn} failed")
+            for s, g in zip(todo, gens) if not g.image_sha256 for later in range(turn + 1, len(s.turns) + 1)
+        ]
+        for s, g in zip(todo, gens):
+            if g.image_sha256 and len(s.turns) > turn:
+                given = suite.edit_input(s, turn, size)
+                inputs[s.id].append(g.image_sha256 if given is None else cache.put_image(given))
+    return out
 
 
 def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size: int, desc: str) -> tuple[list[dict | BaseException], int]:
@@ -139,27 +166,31 @@ def score_suite(
     t0 = time.perf_counter()
     samples = suite.samples(n, seed)
     t1 = time.perf_counter()
-    gens = generate(model, samples, suite.image_size, cache, batch_size, suite.name)
+    gens = generate(model, suite, samples, suite.image_size, cache, batch_size)
     t2 = time.perf_counter()
-    ok = [(s, g) for s, g in zip(samples, gens) if g.image_sha256]
-    readings: dict[str, list] = {}
+    by_id = {s.id: s for s in samples}
+    ok = [(by_id[g.sample_id], g) for g in gens if g.image_sha256]
+    roles = [suite.scorers_for(s, g.turn) for s, g in ok]
+    readings: dict[str, dict[int, dict | BaseException]] = {}
     cached_readings = 0
     for role in suite.scorers:
-        items = [(g.image_sha256, suite.scorer_truth(s, 0, role)) for s, g in ok]
-        readings[role], hits = read(scorer_for(role), items, cache, batch_size, suite.name)
+        which = [j for j, r in enumerate(roles) if role in r]
+        items = [(ok[j][1].image_sha256, suite.scorer_truth(ok[j][0], ok[j][1].turn, role)) for j in which]
+        got_role, hits = read(scorer_for(role), items, cache, batch_size, suite.name) if items else ([], 0)
+        readings[role] = dict(zip(which, got_role))
         cached_readings += hits
     t3 = time.perf_counter()
     rows: list[Score] = []
-    for j, (s, _) in enumerate(ok):
-        got = {role: readings[role][j] for role in suite.scorers}
+    for j, (s, g) in enumerate(ok):
+        got = {role: readings[role][j] for role in roles[j]}
         failed = {role: r for role, r in got.items() if isinstance(r, BaseException)}
         if failed:
-            rows += [Score(s.id, 0, role, "_error", None, "{}", _error(e)) for role, e in failed.items()]
+            rows += [Score(s.id, g.turn, role, "_error", None, "{}", _error(e)) for role, e in failed.items()]
             continue
         try:
-            rows += suite.score(s, 0, got)
+            rows += suite.score(s, g.turn, got)
         except Exception as e:  # noqa: BLE001 — a suite bug on one sample is a row, not a crash
-            rows.append(Score(s.id, 0, "suite", "_error", None, "{}", _error(e)))
+            rows.append(Score(s.id, g.turn, "suite", "_error", None, "{}", _error(e)))
     scores = scores_frame(rows)
     samples_df = samples_frame(samples)
     valid = scores[scores["error"].isna()]

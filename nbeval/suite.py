@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+from PIL import Image
 
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean, proportion
@@ -41,9 +43,18 @@ class Suite(ABC):
     def samples(self, n: int, seed: int) -> list[Sample]:
         """`n` samples, a pure function of (params, n, seed)."""
 
+    def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
+        """The scorer roles that read this turn's image (all of them unless a suite knows better)."""
+        return self.scorers
+
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
         """What scorer `role` needs to know of the truth (empty for scorers that just read)."""
         return {}
+
+    def edit_input(self, sample: Sample, turn: int, size: int) -> Image.Image | None:
+        """What later turns edit in place of the model's own image of `turn`: None keeps the model's
+        own (the conversational case); a suite may hand the model something else, such as the truth."""
+        return None
 
     @abstractmethod
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
@@ -55,6 +66,10 @@ class Suite(ABC):
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
         """Name → matplotlib Figure; none by default."""
+        return {}
+
+    def galleries(self, scores: pd.DataFrame, samples: pd.DataFrame, generations: pd.DataFrame, image: Callable[[str], Image.Image]) -> dict:
+        """Name → PIL image made from the generations (`image(sha256)` loads one); none by default."""
         return {}
 
     def spec(self, metric: str) -> MetricSpec | None:

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from nbeval.world import Scene
-from nbeval.world.layout import MARGIN, shape_box, word_box
+from nbeval.world.edits import changed_boxes
 from reference_model import plan
 from reference_model.generator import GRID, Generator, collate_prefix, prefix_items
 from reference_model.glyph import glyph_tokens
@@ -57,12 +57,10 @@ def image_key(img: Image.Image) -> str:
 
 def changed_tokens(before: Scene, after: Scene) -> torch.Tensor:
     """(64,) bool: token cells touched by anything the new plan added, removed, moved or changed."""
-    boxes = [shape_box(s) for s in set(before.shapes) ^ set(after.shapes)]
-    boxes += [word_box(w) for w in set(before.words) ^ set(after.words)]
     mask = torch.zeros(GRID, GRID, dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes:
-        c0, c1 = int(max(0.0, x0 - MARGIN) * GRID), int(min(0.999, x1 + MARGIN) * GRID)
-        r0, r1 = int(max(0.0, y0 - MARGIN) * GRID), int(min(0.999, y1 + MARGIN) * GRID)
+    for x0, y0, x1, y1 in changed_boxes(before, after):
+        c0, c1 = int(x0 * GRID), int(min(0.999, x1) * GRID)
+        r0, r1 = int(y0 * GRID), int(min(0.999, y1) * GRID)
         mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask.flatten()
 

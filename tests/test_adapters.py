@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nbeval.adapters.base import EditRequest, GenRequest
-from nbeval.adapters.corruptions import CORRUPTIONS
+from nbeval.adapters.corruptions import CORRUPTIONS, TURN_CORRUPTIONS
 from nbeval.adapters.folder import FolderAdapter
 from nbeval.adapters.oracle import OracleAdapter
 from nbeval.world import COMMON_WORDS, Scene, apply_edit, fit_text, place_shapes, render
@@ -26,7 +26,7 @@ def test_oracle_renders_the_truth_exactly():
     assert r.error is None and r.image.tobytes() == render(_scene(), 128).tobytes()
 
 
-@pytest.mark.parametrize("corruption", CORRUPTIONS)
+@pytest.mark.parametrize("corruption", [c for c in CORRUPTIONS if c not in TURN_CORRUPTIONS])
 def test_corruptions_are_deterministic_graded_and_off_at_zero(corruption):
     clean = np.asarray(render(_scene(), 128), dtype=float)
     zero = OracleAdapter(corruption=corruption, severity=0).generate([_req(_scene())])[0].image
@@ -38,6 +38,18 @@ def test_corruptions_are_deterministic_graded_and_off_at_zero(corruption):
         assert a.tobytes() == b.tobytes()
         diffs.append(np.abs(np.asarray(a, dtype=float) - clean).mean())
     assert 0 < diffs[0] <= diffs[2]
+
+
+def test_drift_damage_grows_with_the_turn_and_spares_the_first_image():
+    clean = np.asarray(render(_scene(), 128), dtype=float)
+    model = OracleAdapter(corruption="drift", severity=2)
+    first = model.generate([_req(_scene())])[0].image
+    assert np.array_equal(np.asarray(first, dtype=float), clean)
+    diffs = [
+        np.abs(np.asarray(model.edit([EditRequest("s-1", t, "p", ("x",) * t, (), 0, 128, {"scene": _scene().to_dict()})])[0].image, dtype=float) - clean).mean()
+        for t in (1, 2, 4)
+    ]
+    assert 0 < diffs[0] < diffs[1] < diffs[2]
 
 
 def test_fingerprint_tracks_settings():

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 from nbeval.adapters.base import EditRequest, GenRequest
 from nbeval.adapters.reference import ReferenceAdapter
@@ -96,6 +96,8 @@ def test_nbeval_run_uses_the_reference_model_by_default(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["model"]["name"] == "reference"
-    for suite in ("text_rendering", "counting"):
+    for suite in ("text_rendering", "counting", "drift"):
         assert res["suites"][suite]["n_failed_generations"] == 0
         assert res["suites"][suite]["n_samples"] == 6
+    edits = pd.read_parquet(tmp_path / "out" / res["suites"]["drift"]["tables"]["generations"])
+    assert sorted(edits["turn"].value_counts().items()) == [(t, 6) for t in range(6)]

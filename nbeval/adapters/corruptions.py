@@ -118,7 +118,18 @@ SCENE_CORRUPTIONS: dict[str, Callable[[Scene, int, random.Random], Scene]] = {
     "add": _add,
     "recolour": _recolour,
 }
-CORRUPTIONS = tuple(IMAGE_CORRUPTIONS) + tuple(SCENE_CORRUPTIONS)
+
+
+def _drift(img: Image.Image, s: int, turn: int, rng: random.Random) -> Image.Image:
+    """Blur that grows with every edit turn (radius 0.3·severity·turn px at 256 px): a model that
+    softens what it keeps each time it edits. Turn 0 is untouched."""
+    radius = 0.3 * s * turn * img.width / 256
+    return img.filter(ImageFilter.GaussianBlur(radius)) if radius else img
+
+
+# Damage that depends on the edit turn as well as the severity.
+TURN_CORRUPTIONS: dict[str, Callable[[Image.Image, int, int, random.Random], Image.Image]] = {"drift": _drift}
+CORRUPTIONS = tuple(IMAGE_CORRUPTIONS) + tuple(SCENE_CORRUPTIONS) + tuple(TURN_CORRUPTIONS)
 
 
 def check(corruption: str | None, severity: int) -> None:

@@ -27,7 +27,7 @@ class OracleAdapter(ModelAdapter):
     def settings(self) -> dict:
         return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint(), "render_size": self.render_size}
 
-    def _draw(self, truth: dict, size: int, key: str) -> Image.Image:
+    def _draw(self, truth: dict, size: int, key: str, turn: int = 0) -> Image.Image:
         if "scene" not in truth:
             raise ValueError("the oracle needs a scene in the sample's truth")
         rng = random.Random(f"{key}:{self.corruption}:{self.severity}")
@@ -39,10 +39,12 @@ class OracleAdapter(ModelAdapter):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         if self.corruption in corruptions.IMAGE_CORRUPTIONS:
             img = corruptions.IMAGE_CORRUPTIONS[self.corruption](img, self.severity, rng)
+        if self.corruption in corruptions.TURN_CORRUPTIONS:
+            img = corruptions.TURN_CORRUPTIONS[self.corruption](img, self.severity, turn, rng)
         return img
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return [timed(self._draw, r.truth, r.size, f"{r.sample_id}:{r.seed}:0") for r in requests]
 
     def edit(self, requests: list[EditRequest]) -> list[GenResult]:
-        return [timed(self._draw, r.truth, r.size, f"{r.sample_id}:{r.seed}:{r.turn}") for r in requests]
+        return [timed(self._draw, r.truth, r.size, f"{r.sample_id}:{r.seed}:{r.turn}", r.turn) for r in requests]

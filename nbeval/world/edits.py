@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from nbeval.world.layout import MARGIN, LayoutError, fit_text, place_shapes, shape_box, word_box
+from nbeval.world.layout import MARGIN, Box, LayoutError, fit_text, place_shapes, shape_box, word_box
 from nbeval.world.prompts import position_phrase
 from nbeval.world.render import text_width
 from nbeval.world.scene import COLOURS, SHAPE_KINDS, SIZES, Scene, Word
@@ -116,3 +116,11 @@ def apply_edit(scene: Scene, rng: random.Random, op: str | None = None, vocabula
             raise ValueError("change_text needs a vocabulary to draw the new text from")
         return _change_text(scene, rng, vocabulary)
     return {"add": _add, "remove": _remove, "recolour": _recolour, "move": _move}[op](scene, rng)
+
+
+def changed_boxes(before: Scene, after: Scene, margin: float = MARGIN) -> list[Box]:
+    """Boxes (fractions of the canvas, grown by `margin`) of everything added, removed, moved or
+    changed between two scenes: where an edit was allowed to change pixels."""
+    boxes = [shape_box(s) for s in set(before.shapes) ^ set(after.shapes)]
+    boxes += [word_box(w) for w in set(before.words) ^ set(after.words)]
+    return [(max(0.0, x0 - margin), max(0.0, y0 - margin), min(1.0, x1 + margin), min(1.0, y1 + margin)) for x0, y0, x1, y1 in boxes]

@@ -1,0 +1,294 @@
+"""Multi-turn edit drift: does a model make the requested change, and keep everything else, turn after turn?
+
+A sample is a chain: a start scene (shapes and a word) and T edits from the world's edit operations,
+each with its exact after-scene. Two protocols, named as such:
+- *iterative* (`drift`): turn t edits the model's own turn t-1 image — the real conversational case;
+- *ground-truth input* (`drift_gt`): turn t edits the true turn t-1 image, so errors cannot pile up
+  and what remains is the model's per-edit damage.
+Chains are the same under both protocols (the sample seed ignores the protocol), so they pair.
+
+Per turn: `edit_success` (the requested change is there: the counter's census of the edited kind and
+colour, overall and in the named region — a centre within 0.02 of a region border counts in both, for
+truth and reading alike — or OCR of the new text), `preservation_*` (masked SSIM/PSNR
+against the true turn-0 image, outside every region the edits so far were allowed to change) and
+`fidelity_*` (against the true image of that turn, outside this turn's edit region). Per chain:
+`drift_slope` (OLS slope of preservation SSIM over turns), `drift_auc` (mean preservation over the
+chain, trapezoid rule), `turns_to_failure` (edits that succeed, keeping preservation ≥
+`min_preservation`, before the first that does not). Chain-level means are bootstrapped over chains
+(turns of one chain are not independent); per-turn breakdowns are `<metric>/turn_<t>`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from nbeval.plots import plt
+from nbeval.records import Sample, Score, canonical_json
+from nbeval.stats import Estimate, bootstrap_mean, proportion
+from nbeval.suite import MetricSpec, Suite, wide_table
+from nbeval.textmetrics import normalise
+from nbeval.world import COLOURS, COMMON_WORDS, SHAPE_KINDS, SIZES, LayoutError, Scene, apply_edit, fit_text, place_shapes, render, scene_prompt
+from nbeval.world.edits import changed_boxes, possible_ops
+from nbeval.world.layout import word_box
+from nbeval.world.prompts import N_PHRASINGS, position_phrase
+
+PROTOCOLS = {"iterative": "drift", "ground_truth": "drift_gt"}
+PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "fidelity_ssim", "fidelity_psnr")
+
+
+def _start_scene(rng: random.Random) -> Scene:
+    word = fit_text(rng, rng.choice(COMMON_WORDS), rng.uniform(0.07, 0.1))
+    specs = [(rng.choice(SHAPE_KINDS), rng.choice(list(COLOURS)), rng.choice(list(SIZES))) for _ in range(rng.randint(2, 4))]
+    return Scene(shapes=place_shapes(rng, specs, avoid=[word_box(word)]), words=(word,))
+
+
+REGION_TOLERANCE = 0.02  # a centre this close to a region border counts as in both regions
+
+
+def _regions(x: float, y: float) -> frozenset[str]:
+    """The named regions a centre is in, allowing for the counter's pixel-rounded boxes at borders."""
+    d = REGION_TOLERANCE
+    return frozenset(position_phrase(min(max(x + dx, 0.0), 1.0), min(max(y + dy, 0.0), 1.0)) for dx in (-d, 0, d) for dy in (-d, 0, d))
+
+
+def _census(objects: list[tuple[str, str, frozenset[str]]], colour: str, kind: str, region: str | None) -> int:
+    return sum(1 for c, k, where in objects if c == colour and k == kind and (region is None or region in where))
+
+
+def _checks(op: str, target: str, before: Scene, after: Scene) -> list[tuple[str, str, str | None]]:
+    """(colour, kind, region or None for the whole image) whose object count must match the truth."""
+    i = int(target.split(":")[1])
+    if op == "add":
+        s = after.shapes[i]
+        return [(s.colour, s.kind, None), (s.colour, s.kind, position_phrase(s.x, s.y))]
+    if op == "remove":
+        s = before.shapes[i]
+        return [(s.colour, s.kind, None), (s.colour, s.kind, position_phrase(s.x, s.y))]
+    if op == "move":
+        a, b = before.shapes[i], after.shapes[i]
+        return [(a.colour, a.kind, None), (a.colour, a.kind, position_phrase(a.x, a.y)), (b.colour, b.kind, position_phrase(b.x, b.y))]
+    if op == "recolour":
+        a, b = before.shapes[i], after.shapes[i]
+        where = position_phrase(a.x, a.y)
+        return [(c, a.kind, r) for c in (a.colour, b.colour) for r in (None, where)]
+    raise ValueError(f"no census check for edit {op!r}")
+
+
+def _chain_slope(turns: np.ndarray, values: np.ndarray) -> float:
+    ok = ~np.isnan(values)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(turns[ok], values[ok], 1)[0])
+
+
+class DriftSuite(Suite):
+    version = "1"
+    scorers = ("pixels", "counter", "ocr")
+    capabilities = frozenset({"generate", "edit"})
+    metrics = (
+        MetricSpec("drift_slope", True, "per-chain OLS slope of preservation SSIM over turns (0 = no drift)"),
+        MetricSpec("drift_auc", True, "per-chain mean preservation SSIM over turns 0..T (trapezoid)"),
+        MetricSpec("turns_to_failure", True, "edits that succeed with preservation ≥ min_preservation before the first that does not"),
+        MetricSpec("edit_success", True, "the requested change is present (counter census or OCR)"),
+        MetricSpec("preservation_ssim", True, "masked SSIM vs the true turn-0 image, outside every edited region so far"),
+        MetricSpec("preservation_psnr", True, "masked PSNR (dB, capped) vs the true turn-0 image, same mask"),
+        MetricSpec("fidelity_ssim", True, "masked SSIM vs the true image of the turn, outside this turn's edit region"),
+        MetricSpec("fidelity_psnr", True, "masked PSNR (dB, capped) vs the true image of the turn, same mask"),
+        MetricSpec("drift_slope_psnr", True, "per-chain OLS slope of preservation PSNR over turns (dB per turn)"),
+    )
+    headline = ("drift_slope", "edit_success", "preservation_ssim")
+
+    def __init__(self, image_size: int = 256, turns: int = 5, protocol: str = "iterative", min_preservation: float = 0.9) -> None:
+        super().__init__(image_size)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        if turns < 1:
+            raise ValueError(f"a drift chain needs at least one edit turn, got turns={turns}")
+        self.turns, self.protocol, self.min_preservation = int(turns), protocol, float(min_preservation)
+        self.name = PROTOCOLS[protocol]
+
+    def params(self) -> dict:
+        return {**super().params(), "turns": self.turns, "protocol": self.protocol, "min_preservation": self.min_preservation}
+
+    # --- samples ----------------------------------------------------------------------------------
+    def _chain(self, rng: random.Random) -> tuple[Scene, list]:
+        while True:
+            try:
+                scene = _start_scene(rng)
+                edits = []
+                for _ in range(self.turns):
+                    ops = possible_ops(scene)
+                    edit = apply_edit(scene, rng, rng.choice(ops), vocabulary=COMMON_WORDS)
+                    edits.append(edit)
+                    scene = edit.after
+                return edits[0].before, edits
+            except LayoutError:
+                continue  # a canvas too full for this chain: draw another from the same stream
+
+    def samples(self, n: int, seed: int) -> list[Sample]:
+        chain_params = canonical_json({"image_size": self.image_size, "turns": self.turns})
+        out = []
+        for i in range(n):
+            rng = random.Random(f"drift:{chain_params}:{seed}:{i}")
+            start, edits = self._chain(rng)
+            truth = ({"scene": start.to_dict()},) + tuple({"scene": e.after.to_dict(), "op": e.op, "target": e.target} for e in edits)
+            out.append(
+                Sample(
+                    id=f"{self.name}-{seed}-{i:05d}",
+                    suite=self.name,
+                    prompt=scene_prompt(start, phrasing=rng.randrange(N_PHRASINGS)),
+                    truth=truth,
+                    seed=seed * 1_000_003 + i,
+                    turns=tuple(e.instruction for e in edits),
+                    tags={"protocol": self.protocol, "ops": "+".join(e.op for e in edits)},
+                )
+            )
+        return out
+
+    def edit_input(self, sample: Sample, turn: int, size: int) -> Image.Image | None:
+        return render(self._scene(sample, turn), size) if self.protocol == "ground_truth" else None
+
+    # --- scoring ----------------------------------------------------------------------------------
+    @staticmethod
+    def _scene(sample: Sample, turn: int) -> Scene:
+        return Scene.from_dict(sample.truth[turn]["scene"])
+
+    def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
+        if turn == 0:
+            return ("pixels",)
+        return ("pixels", "ocr" if sample.truth[turn]["op"] == "change_text" else "counter")
+
+    def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
+        if role != "pixels":
+            return {}
+        touched = [b for t in range(1, turn + 1) for b in changed_boxes(self._scene(sample, t - 1), self._scene(sample, t))]
+        this_turn = changed_boxes(self._scene(sample, turn - 1), self._scene(sample, turn)) if turn else []
+        return {
+            "comparisons": {
+                "preservation": {"scene": sample.truth[0]["scene"], "exclude": [list(b) for b in touched]},
+                "fidelity": {"scene": sample.truth[turn]["scene"], "exclude": [list(b) for b in this_turn]},
+            }
+        }
+
+    def _edit_success(self, sample: Sample, turn: int, readings: dict[str, dict]) -> tuple[float, dict]:
+        op, target = sample.truth[turn]["op"], sample.truth[turn]["target"]
+        before, after = self._scene(sample, turn - 1), self._scene(sample, turn)
+        if op == "change_text":
+            i = int(target.split(":")[1])
+            read = f" {normalise(readings['ocr']['text'])} "
+            new, old = normalise(after.words[i].text), normalise(before.words[i].text)
+            ok = f" {new} " in read and (f" {old} " not in read or f" {old} " in f" {new} ")
+            return float(ok), {"op": op, "read": readings["ocr"]["text"], "want": after.words[i].text, "not": before.words[i].text}
+        found = [(o["colour"], o["kind"], _regions((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)) for o in readings["counter"]["objects"]]
+        want = [(s.colour, s.kind, _regions(s.x, s.y)) for s in after.shapes]
+        checks = [
+            {"colour": c, "kind": k, "region": r or "anywhere", "want": _census(want, c, k, r), "found": _census(found, c, k, r)}
+            for c, k, r in _checks(op, target, before, after)
+        ]
+        return float(all(ch["want"] == ch["found"] for ch in checks)), {"op": op, "checks": checks}
+
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        rows = []
+        for name, reading in readings["pixels"].items():
+            detail = json.dumps({"kept": reading["kept"]})
+            rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in ("ssim", "psnr") if reading[m] is not None]
+        if turn:
+            value, detail = self._edit_success(sample, turn, readings)
+            rows.append(Score(sample.id, turn, "counter" if detail["op"] != "change_text" else "ocr", "edit_success", value, json.dumps(detail)))
+        return rows
+
+    # --- aggregation ------------------------------------------------------------------------------
+    def chains(self, scores: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+        """One row per chain: its slope, AUC, turns to failure and per-chain means."""
+        wide = wide_table(scores, samples)
+        rows = []
+        for sid, g in wide.groupby("sample_id", sort=True):
+            g = g.sort_values("turn")
+            turns = g["turn"].to_numpy(dtype=float)
+            pres = g["preservation_ssim"].to_numpy(dtype=float) if "preservation_ssim" in g else np.full(len(g), np.nan)
+            row = {"sample_id": sid, "n_turns": int(turns.max())}
+            row["drift_slope"] = _chain_slope(turns, pres)
+            if "preservation_psnr" in g:
+                row["drift_slope_psnr"] = _chain_slope(turns, g["preservation_psnr"].to_numpy(dtype=float))
+            ok = ~np.isnan(pres)
+            row["drift_auc"] = float(np.trapezoid(pres[ok], turns[ok]) / (turns[ok][-1] - turns[ok][0])) if ok.sum() >= 2 else float("nan")
+            edits = g[g["turn"] >= 1]
+            passed = (edits.get("edit_success", pd.Series(np.nan, index=edits.index)) == 1) & (edits.get("preservation_ssim", 1.0) >= self.min_preservation)
+            row["turns_to_failure"] = float(len(passed) if passed.all() else int(np.argmin(passed.to_numpy())))
+            for m in PER_TURN:
+                if m in g:
+                    row[m] = float(g.loc[g["turn"] >= (1 if m == "edit_success" else 0), m].mean())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
+        chains = self.chains(scores, samples)
+        wide = wide_table(scores, samples)
+        out: dict[str, Estimate] = {}
+        for spec in self.metrics:
+            if spec.name in chains:
+                out[spec.name] = bootstrap_mean(chains[spec.name].to_numpy())
+        for m in PER_TURN:
+            if m not in wide:
+                continue
+            for turn, g in wide.groupby("turn", sort=True):
+                values = g[m].to_numpy(dtype=float)
+                if not np.isnan(values).all():
+                    out[f"{m}/turn_{turn}"] = proportion(values) if m == "edit_success" else bootstrap_mean(values)
+        if "edit_success" in wide:
+            ops = {(r.sample_id, t): json.loads(r.truth)[t]["op"] for r in samples.itertuples() for t in range(1, len(json.loads(r.truth)))}
+            edits = wide[wide["turn"] >= 1]
+            by_op = edits.assign(op=[ops[(s, t)] for s, t in zip(edits["sample_id"], edits["turn"])])
+            for op, g in by_op.groupby("op", sort=True):
+                out[f"edit_success/op_{op}"] = proportion(g["edit_success"].to_numpy(dtype=float))
+        return out
+
+    # --- figures ----------------------------------------------------------------------------------
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+        est = self.aggregate(scores, samples)
+        panels = [("preservation_ssim", "preservation SSIM vs turn 0"), ("fidelity_ssim", "fidelity SSIM vs true turn"),
+                  ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+        for ax, (m, title) in zip(axes, panels):
+            points = sorted((int(k.split("/turn_")[1]), v) for k, v in est.items() if k.startswith(f"{m}/turn_"))
+            if points:
+                t = [p[0] for p in points]
+                ax.plot(t, [p[1].value for p in points], marker="o")
+                ax.fill_between(t, [p[1].ci_low for p in points], [p[1].ci_high for p in points], alpha=0.25)
+            ax.set_title(title)
+            ax.set_xlabel("turn")
+        slope = est.get("drift_slope")
+        if slope is not None:
+            fig.suptitle(f"{self.name} ({self.protocol}): drift slope {slope.value:+.4f} SSIM/turn [{slope.ci_low:+.4f}, {slope.ci_high:+.4f}]")
+        fig.tight_layout()
+        return {f"{self.name}_per_turn": fig}
+
+    def galleries(self, scores: pd.DataFrame, samples: pd.DataFrame, generations: pd.DataFrame, image: Callable[[str], Image.Image], k: int = 6, tile: int = 112) -> dict:
+        """Filmstrips of the k chains with the lowest drift AUC: the truth above, the model below."""
+        chains = self.chains(scores, samples).sort_values("drift_auc").head(k)
+        if chains.empty:
+            return {}
+        by_id = {r.sample_id: r for r in samples.itertuples()}
+        shas = {(r.sample_id, r.turn): r.image_sha256 for r in generations.itertuples() if isinstance(r.image_sha256, str)}
+        cols = 1 + self.turns
+        strip = Image.new("RGB", (cols * tile, len(chains) * (2 * tile + 28)), "white")
+        draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+        for row, chain in enumerate(chains.itertuples()):
+            sample = by_id[chain.sample_id]
+            truth, turns = json.loads(sample.truth), json.loads(sample.turns)
+            y = row * (2 * tile + 28)
+            draw.text((2, y + 2), f"{chain.sample_id}  AUC {chain.drift_auc:.3f}  slope {chain.drift_slope:+.4f}", fill="black", font=font)
+            for t in range(cols):
+                x = t * tile
+                strip.paste(render(Scene.from_dict(truth[t]["scene"]), tile - 4), (x + 2, y + 14))
+                sha = shas.get((chain.sample_id, t))
+                if sha:
+                    strip.paste(image(sha).resize((tile - 4, tile - 4)), (x + 2, y + 14 + tile))
+                draw.text((x + 2, y + 16 + 2 * tile), ("prompt" if t == 0 else turns[t - 1])[:20], fill=(90, 90, 90), font=font)
+        return {f"{self.name}_worst_chains": strip}

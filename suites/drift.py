@@ -10,7 +10,8 @@ Chains are the same under both protocols (the sample seed ignores the protocol),
 Per turn: `edit_success` (the requested change is there: the counter's census of the edited kind and
 colour, overall and in the named region — a centre within 0.02 of a region border counts in both, for
 truth and reading alike — or OCR of the new text), `preservation_*` (masked SSIM/PSNR
-against the true turn-0 image, outside every region the edits so far were allowed to change) and
+against the true turn-0 image, outside every region any edit of the chain may change: the same
+pixels at every turn) and
 `fidelity_*` (against the true image of that turn, outside this turn's edit region). Per chain:
 `drift_slope` (OLS slope of preservation SSIM over turns), `drift_auc` (mean preservation over the
 chain, trapezoid rule), `turns_to_failure` (edits that succeed, keeping preservation ≥
@@ -88,7 +89,7 @@ def _chain_slope(turns: np.ndarray, values: np.ndarray) -> float:
 
 
 class DriftSuite(Suite):
-    version = "1"
+    version = "2"
     scorers = ("pixels", "counter", "ocr")
     capabilities = frozenset({"generate", "edit"})
     metrics = (
@@ -96,7 +97,7 @@ class DriftSuite(Suite):
         MetricSpec("drift_auc", True, "per-chain mean preservation SSIM over turns 0..T (trapezoid)"),
         MetricSpec("turns_to_failure", True, "edits that succeed with preservation ≥ min_preservation before the first that does not"),
         MetricSpec("edit_success", True, "the requested change is present (counter census or OCR)"),
-        MetricSpec("preservation_ssim", True, "masked SSIM vs the true turn-0 image, outside every edited region so far"),
+        MetricSpec("preservation_ssim", True, "masked SSIM vs the true turn-0 image, outside every region the chain's edits may change"),
         MetricSpec("preservation_psnr", True, "masked PSNR (dB, capped) vs the true turn-0 image, same mask"),
         MetricSpec("fidelity_ssim", True, "masked SSIM vs the true image of the turn, outside this turn's edit region"),
         MetricSpec("fidelity_psnr", True, "masked PSNR (dB, capped) vs the true image of the turn, same mask"),
@@ -167,7 +168,9 @@ class DriftSuite(Suite):
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
         if role != "pixels":
             return {}
-        touched = [b for t in range(1, turn + 1) for b in changed_boxes(self._scene(sample, t - 1), self._scene(sample, t))]
+        # One mask for every turn of a chain (everything any of its edits may change), so the preservation
+        # curve compares the same pixels at every turn and its slope is drift, not a shrinking mask.
+        touched = [b for t in range(1, len(sample.truth)) for b in changed_boxes(self._scene(sample, t - 1), self._scene(sample, t))]
         this_turn = changed_boxes(self._scene(sample, turn - 1), self._scene(sample, turn)) if turn else []
         return {
             "comparisons": {

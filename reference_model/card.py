@@ -5,7 +5,7 @@
 - plan accuracy of the learned planner on held-out prompts (a seed stream training never draws from);
 - the text_rendering and counting suites (`nbeval run`, one run per preset: the model, its ablations,
   and the oracle drawn at the model's 128 px as the ceiling), with paired differences for the ablations;
-- edit drift over multi-turn edit chains, with edit context (keep unchanged tokens) vs regenerating;
+- the drift suite (iterative edit chains) with edit context (keep unchanged tokens) vs regenerating;
 - the training facts `export.py` recorded.
 """
 
@@ -23,13 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nbeval.stats import bootstrap_mean, paired_difference, proportion
-from nbeval.world import COMMON_WORDS, RARE_LETTER_WORDS, LayoutError, Scene, apply_edit, scene_prompt
+from nbeval.stats import paired_difference, proportion
+from nbeval.world import Scene
 from reference_model import data, plan
 from reference_model.export import CHECKPOINTS, PARTS
-from reference_model.model import ReferenceModel, Settings, changed_tokens, image_key
+from reference_model.model import ReferenceModel, Settings
 
 PRESETS = ("reference", "reference_noplan", "reference_gtplan", "reference_noglyph", "reference_regression")
+DRIFT_PRESETS = ("reference", "reference_noeditctx")
+DRIFT_METRICS = ("edit_success", "preservation_ssim", "drift_slope", "turns_to_failure")
 HEADLINES = (("text_rendering", "exact_match"), ("text_rendering", "cer"), ("counting", "exact_accuracy"), ("counting", "mae"))
 CEILING = ["model=oracle", "model.render_size=128", "model.name=oracle_128px"]  # ground truth at 128 px
 HELD_OUT = "held-out"  # training seeds are "<seed>:<stage>:<step>"; this prefix never occurs there
@@ -54,11 +56,12 @@ def plan_accuracy(model: ReferenceModel, n: int) -> dict:
     return {k: proportion(np.array(v)).to_dict() for k, v in hits.items()}
 
 
-def run_suites(preset: str, n: int, out: Path, checkpoint: str) -> Path:
+def run_suites(preset: str, suites: str, n: int, out: Path, checkpoint: str, extra: tuple[str, ...] = ()) -> Path:
     """`nbeval run` of one preset, exactly as a user would type it."""
-    run_dir = out / preset
+    run_dir = out / f"{preset}-{suites.strip('[]').replace(',', '+')}"
     model = CEILING if preset == "oracle_128px" else [f"model={preset}", f"model.checkpoint={checkpoint}"]
-    subprocess.run([sys.executable, "-m", "nbeval.cli", "run", *model, f"n={n}", "tracking=none", f"hydra.run.dir={run_dir}"], check=True)
+    cmd = [sys.executable, "-m", "nbeval.cli", "run", *model, f"suite={suites}", f"n={n}", *extra, "tracking=none", f"hydra.run.dir={run_dir}"]
+    subprocess.run(cmd, check=True)
     return run_dir
 
 
@@ -67,37 +70,13 @@ def per_sample(run_dir: Path, suite: str, metric: str) -> pd.Series:
     return df[df.metric == metric].set_index("sample_id")["value"]
 
 
-def edit_drift(model: ReferenceModel, chains: int, turns: int) -> dict:
-    """Mean absolute pixel change (0–255) outside everything the chain's edits touched, turn t vs turn 0:
-    what an edit disturbed that it should have left alone."""
-    out = {}
-    for label, ctx in (("edit context", True), ("regenerate", False)):
-        settings = Settings(edit_context=ctx)
-        curves = np.full((chains, turns + 1), np.nan)
-        for c in range(chains):
-            rng = random.Random(f"{HELD_OUT}:drift:{c}")
-            scene, grouped = data.random_scene(rng, "mixed")
-            prompt = scene_prompt(scene, grouped=grouped)
-            (img,) = model.generate([prompt], [c], settings, size=128)
-            first, first_scene = np.asarray(img, dtype=np.float32), plan.decode(model._plans.get(image_key(img)) or plan.encode(scene))
-            instructions: list[str] = []
-            touched = torch.zeros(64, dtype=torch.bool)
-            curves[c, 0] = 0.0
-            for t in range(1, turns + 1):
-                try:
-                    e = apply_edit(scene, rng, vocabulary=COMMON_WORDS + RARE_LETTER_WORDS)
-                except LayoutError:
-                    break
-                instructions.append(e.instruction)
-                img = model.edit(prompt, tuple(instructions), img, c, settings, size=128)
-                planned = plan.decode(model._plans.get(image_key(img)) or plan.encode(e.after))
-                touched |= changed_tokens(first_scene, planned) | changed_tokens(e.before, e.after)
-                scene = e.after
-                keep = (~touched).reshape(8, 8).repeat_interleave(16, 0).repeat_interleave(16, 1).numpy()
-                if keep.any():
-                    curves[c, t] = float(np.abs(np.asarray(img, dtype=np.float32) - first)[keep].mean())
-        out[label] = [bootstrap_mean(curves[:, t]).to_dict() for t in range(turns + 1)]
-    return out
+def drift_chains(run_dir: Path) -> pd.DataFrame:
+    """Per-chain drift figures of a drift run, indexed by sample id."""
+    from suites.drift import DriftSuite
+
+    scores = pd.read_parquet(run_dir / "drift" / "scores.parquet")
+    samples = pd.read_parquet(run_dir / "drift" / "samples.parquet")
+    return DriftSuite().chains(scores[scores["error"].isna()], samples).set_index("sample_id")
 
 
 def fmt(e: dict, digits: int = 3) -> str:
@@ -153,15 +132,22 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         f"generate {fmt(pa['generate'])} (n={pa['generate']['n']}), edit {fmt(pa['edit'])} (n={pa['edit']['n']}).",
         "",
         "## Editing",
-        "Mean absolute pixel change (0–255) outside everything a chain's edits touched, turn t against turn 0",
-        f"({figures['drift_chains']} chains of mixed scenes); *edit context* keeps the tokens of regions the new plan did not",
-        "change, *regenerate* draws every turn from scratch:",
+        f"The drift suite, iterative protocol (each turn edits the model's own image): `nbeval run model=<preset> suite=[drift] n={figures['drift_n']}`",
+        f"({figures['drift_n']} chains of {figures['turns']} edits). *reference* keeps the tokens of regions the new plan did not change",
+        "(edit context); *reference_noeditctx* draws every turn from scratch. Preservation is masked SSIM against the",
+        "true turn-0 image outside everything the edits could change; drift slope is its per-chain slope per turn.",
         "",
-        "| turn | " + " | ".join(figures["drift"]) + " |",
-        "|---|" + "---|" * len(figures["drift"]),
+        "| preset | " + " | ".join(DRIFT_METRICS) + " |",
+        "|---|" + "---|" * len(DRIFT_METRICS),
     ]
-    for t in range(len(next(iter(figures["drift"].values())))):
-        lines.append(f"| {t} | " + " | ".join(fmt(c[t], 1) for c in figures["drift"].values()) + " |")
+    for preset, metrics in figures["drift"].items():
+        lines.append(f"| {preset} | " + " | ".join(fmt(metrics[m]) if m in metrics else "–" for m in DRIFT_METRICS) + " |")
+    lines += ["", "Paired over the same chains (bootstrap 95% CI):", "", "| comparison | metric | difference |", "|---|---|---|"]
+    for row in figures["drift_paired"]:
+        lines.append(f"| {row['comparison']} | {row['metric']} | {fmt(row['difference'], 4)} |")
+    lines += ["", "Preservation SSIM per turn:", "", "| turn | " + " | ".join(figures["drift"]) + " |", "|---|" + "---|" * len(figures["drift"])]
+    for t in range(figures["turns"] + 1):
+        lines.append(f"| {t} | " + " | ".join(fmt(m[f"preservation_ssim/turn_{t}"]) if f"preservation_ssim/turn_{t}" in m else "–" for m in figures["drift"].values()) + " |")
     lines += ["", "## Sampling speed", "See `benchmarks/results/reference_sampling.md`.", ""]
     path = CHECKPOINTS / f"{name}.md"
     path.write_text("\n".join(lines))
@@ -173,8 +159,8 @@ def main() -> None:
     ap.add_argument("name", nargs="?", default="reference-cpu", help="checkpoint name in reference_model/checkpoints/")
     ap.add_argument("--n", type=int, default=200, help="samples per suite")
     ap.add_argument("--plan-n", type=int, default=400, help="held-out prompts for plan accuracy")
-    ap.add_argument("--chains", type=int, default=30, help="edit chains for the drift figures")
-    ap.add_argument("--turns", type=int, default=5)
+    ap.add_argument("--chains", type=int, default=60, help="edit chains for the drift figures")
+    ap.add_argument("--turns", type=int, default=5, help="edits per chain")
     ap.add_argument("--out", type=Path, default=Path("outputs/reference_card"))
     ap.add_argument("--from-figures", action="store_true", help="rewrite the card from <out>/figures.json without measuring again")
     args = ap.parse_args()
@@ -184,19 +170,26 @@ def main() -> None:
         print("wrote", write_card(args.name, meta, json.loads((args.out / "figures.json").read_text())))
         return
     model = ReferenceModel.load(CHECKPOINTS / f"{args.name}.safetensors")
-    figures: dict = {"n": args.n, "drift_chains": args.chains, "suites": {}, "paired": []}
+    figures: dict = {"n": args.n, "drift_n": args.chains, "turns": args.turns, "suites": {}, "paired": [], "drift": {}, "drift_paired": []}
     figures["plan_accuracy"] = plan_accuracy(model, args.plan_n)
     print("plan accuracy", figures["plan_accuracy"], flush=True)
-    figures["drift"] = edit_drift(model, args.chains, args.turns)
     runs = {}
     for preset in (*PRESETS, "oracle_128px"):
-        runs[preset] = run_suites(preset, args.n, args.out, args.name)
+        runs[preset] = run_suites(preset, "[text_rendering,counting]", args.n, args.out, args.name)
         res = json.loads((runs[preset] / "results.json").read_text())
         figures["suites"][preset] = {f"{s}/{m}": res["suites"][s]["metrics"][m] for s, m in HEADLINES}
     for preset in PRESETS[1:]:
         for s, m in HEADLINES:
             d = paired_difference(per_sample(runs["reference"], s, m), per_sample(runs[preset], s, m))
             figures["paired"].append({"comparison": f"reference − {preset}", "metric": f"{s}/{m}", "difference": d.to_dict()})
+    chains = {}
+    for preset in DRIFT_PRESETS:
+        run = run_suites(preset, "[drift]", args.chains, args.out, args.name, (f"suite.drift.turns={args.turns}",))
+        figures["drift"][preset] = json.loads((run / "results.json").read_text())["suites"]["drift"]["metrics"]
+        chains[preset] = drift_chains(run)
+    for m in ("preservation_ssim", "drift_slope", "edit_success"):
+        d = paired_difference(chains[DRIFT_PRESETS[0]][m], chains[DRIFT_PRESETS[1]][m])
+        figures["drift_paired"].append({"comparison": " − ".join(DRIFT_PRESETS), "metric": m, "difference": d.to_dict()})
     (args.out / "figures.json").write_text(json.dumps(figures, indent=1))
     print("wrote", write_card(args.name, meta, figures))
 

@@ -54,11 +54,18 @@ def test_ground_truth_plan_ablation_uses_the_scene_and_needs_it():
     from nbeval.world import Scene, Shape
 
     gt = ReferenceAdapter(plan="truth")
-    scene = Scene(shapes=(Shape("square", "green", "large", 0.5, 0.5),))
-    res = gt.generate([GenRequest("s", "Draw one green square.", 0, 128, {"scene": scene.to_dict()}), GenRequest("t", "no truth", 0, 128)])
-    assert res[0].error is None and res[1].error is not None and "truth" in res[1].error
-    centre = _pixels(res[0].image)[56:72, 56:72].mean(axis=(0, 1))
-    assert centre[1] > centre[0] + 40 and centre[1] > centre[2] + 40  # green in the middle
+    scenes = [Scene(shapes=(Shape("square", "green", "large", x, y),)) for x, y in ((0.5, 0.5), (0.2, 0.2))]
+    requests = [GenRequest(f"s{i}", "Draw one green square.", 0, 128, {"scene": sc.to_dict()}) for i, sc in enumerate(scenes)]
+    res = gt.generate([*requests, GenRequest("t", "no truth", 0, 128)])
+    assert res[0].error is None and res[2].error is not None and "truth" in res[2].error
+
+    def greenness(img, x0, y0):  # how much greener than grey a 16 px cell is
+        a = _pixels(img)[y0 : y0 + 16, x0 : x0 + 16]
+        return (a[..., 1] - (a[..., 0] + a[..., 2]) / 2).mean()
+
+    # The same prompt and seed; only the true plan moves the square, and the green goes with it.
+    assert greenness(res[0].image, 56, 56) > 15 > greenness(res[1].image, 56, 56)
+    assert greenness(res[1].image, 18, 18) > 15 > greenness(res[0].image, 18, 18)
 
 
 def test_editing_keeps_the_untouched_regions(adapter):

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sqlite3
+import time
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _use_wal(conn: sqlite3.Connection, wait: float = 60.0) -> None:
+    """Switch the index to WAL (it stays so in the file). Switching ignores the busy timeout, so two
+    processes opening a fresh cache at once retry instead of failing with "database is locked"."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Cache:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
@@ -56,7 +72,7 @@ class Cache:
         if self._conn is None or self._pid != os.getpid():
             conn = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             conn.executescript(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
         return self._conn

@@ -209,7 +209,9 @@ class DriftSuite(Suite):
     # --- aggregation ------------------------------------------------------------------------------
     def chains(self, scores: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
         """One row per chain: its slope, AUC, turns to failure and per-chain means."""
-        wide = wide_table(scores, samples)
+        return self._chains(wide_table(scores, samples))
+
+    def _chains(self, wide: pd.DataFrame) -> pd.DataFrame:
         rows = []
         for sid, g in wide.groupby("sample_id", sort=True):
             g = g.sort_values("turn")
@@ -231,8 +233,8 @@ class DriftSuite(Suite):
         return pd.DataFrame(rows)
 
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
-        chains = self.chains(scores, samples)
         wide = wide_table(scores, samples)
+        chains = self._chains(wide)
         out: dict[str, Estimate] = {}
         for spec in self.metrics:
             if spec.name in chains:
@@ -245,7 +247,8 @@ class DriftSuite(Suite):
                 if not np.isnan(values).all():
                     out[f"{m}/turn_{turn}"] = proportion(values) if m == "edit_success" else bootstrap_mean(values)
         if "edit_success" in wide:
-            ops = {(r.sample_id, t): json.loads(r.truth)[t]["op"] for r in samples.itertuples() for t in range(1, len(json.loads(r.truth)))}
+            truths = {r.sample_id: json.loads(r.truth) for r in samples.itertuples()}
+            ops = {(sid, t): truth[t]["op"] for sid, truth in truths.items() for t in range(1, len(truth))}
             edits = wide[wide["turn"] >= 1]
             by_op = edits.assign(op=[ops[(s, t)] for s, t in zip(edits["sample_id"], edits["turn"])])
             for op, g in by_op.groupby("op", sort=True):

@@ -5,7 +5,7 @@ renderer at the image's size) and boxes to leave out (regions an edit was allowe
 per-pixel map (torchmetrics: Gaussian window 11, σ 1.5, on RGB in [0, 1]) is averaged over the kept
 pixels, with the boxes grown by the window's half-width so no changed pixel leaks into a kept window;
 PSNR is computed over the kept pixels only and capped (identical pixels would give infinity).
-LPIPS is not offered: it needs network weights nobody here can download (see the suite's card).
+LPIPS is not offered: it needs network weights that cannot be downloaded here.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
+from nbeval.world.characters import PARTS, Character
 from nbeval.world.layout import LayoutError, place_shapes, shape_box, word_box
 from nbeval.world.scene import COLOURS, Scene
 
@@ -106,6 +107,18 @@ def _recolour(scene: Scene, s: int, rng: random.Random) -> Scene:
     return scene.with_shapes(tuple(shapes))
 
 
+def _swap(scene: Scene, s: int, rng: random.Random) -> Scene:
+    """Each character loses its identity in `s` parts (head, skin, eyes, accessory, its colour)."""
+    characters = []
+    for d in scene.characters:
+        c = Character.from_dict(d)
+        ident = c.identity
+        for part in rng.sample(PARTS, min(s, len(PARTS))):
+            ident = ident.swap(part, rng)
+        characters.append(replace(c, identity=ident).to_dict())
+    return replace(scene, characters=tuple(characters))
+
+
 IMAGE_CORRUPTIONS: dict[str, Callable[[Image.Image, int, random.Random], Image.Image]] = {
     "blur": _blur,
     "noise": _noise,
@@ -117,6 +130,7 @@ SCENE_CORRUPTIONS: dict[str, Callable[[Scene, int, random.Random], Scene]] = {
     "drop": _drop,
     "add": _add,
     "recolour": _recolour,
+    "swap": _swap,
 }
 
 

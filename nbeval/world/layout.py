@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from nbeval.world.characters import CHARACTER_SIZES, Character, Identity
 from nbeval.world.render import text_width
-from nbeval.world.scene import SIZES, Shape, Word
+from nbeval.world.scene import COLOURS, SHAPE_KINDS, SIZES, Scene, Shape, Word
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in normalised coordinates
 MARGIN = 0.03  # free space kept between any two things and around the canvas edge
@@ -70,3 +71,21 @@ def fit_text(rng: random.Random, text: str, height: float, y_range: tuple[float,
     half = text_width(w) / 2
     x = rng.uniform(MARGIN + half, 1 - MARGIN - half) if half < 0.5 - MARGIN else 0.5
     return Word(text, w.height, round(x, 4), round(rng.uniform(*y_range), 4))
+
+
+def place_character(rng: random.Random, identity: Identity, size: str | None = None) -> Character:
+    """`identity` at a random place where its head and accessory fit the canvas; a random size if None."""
+    size = size or rng.choice(tuple(CHARACTER_SIZES))
+    r = CHARACTER_SIZES[size]
+    return Character(identity, size, round(rng.uniform(MARGIN + r, 1 - MARGIN - r), 4), round(rng.uniform(MARGIN + 1.7 * r, 1 - MARGIN - r), 4))
+
+
+def character_scene(rng: random.Random, character: Character, distractor: bool) -> Scene:
+    """`character`, alone or beside one small random shape (none if the canvas has no room)."""
+    shapes: tuple[Shape, ...] = ()
+    if distractor:
+        try:
+            shapes = place_shapes(rng, [(rng.choice(SHAPE_KINDS), rng.choice(list(COLOURS)), "small")], avoid=[character.box()])
+        except LayoutError:
+            pass
+    return Scene(shapes=shapes, characters=(character.to_dict(),))

@@ -26,6 +26,10 @@ def plural(kind: str, n: int) -> str:
     return kind if n == 1 else kind + "s"
 
 
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _join(parts: list[str]) -> str:
     if len(parts) <= 1:
         return "".join(parts)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from nbeval.world.characters import Character, draw_character
 from nbeval.world.scene import BACKGROUND, COLOURS, TEXT_COLOUR, Scene, Shape, Word
 
 FONT_PATH = Path(__file__).parent / "fonts" / "DejaVuSans-Bold.ttf"
@@ -64,6 +65,8 @@ def render(scene: Scene, size: int = 256) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for s in scene.shapes:
         _draw_shape(draw, s, px)
+    for c in scene.characters:
+        draw_character(draw, Character.from_dict(c), px)
     for w in scene.words:
         _draw_word(draw, w, px)
     return img.resize((size, size), Image.Resampling.LANCZOS)

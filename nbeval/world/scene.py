@@ -61,7 +61,7 @@ class Word:
 class Scene:
     shapes: tuple[Shape, ...] = ()
     words: tuple[Word, ...] = ()
-    characters: tuple[dict, ...] = field(default=())  # room for identity characters (later issue)
+    characters: tuple[dict, ...] = field(default=())  # world.characters.Character.to_dict() of each
 
     def to_dict(self) -> dict:
         return {

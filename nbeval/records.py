@@ -68,7 +68,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class Score:
-    """One metric value for one turn of one sample; `detail` is JSON (what OCR read, what was counted)."""
+    """One metric value for one turn of one sample (turn −1: the whole sample); `detail` is JSON (what OCR read, what was counted)."""
 
     sample_id: str
     turn: int

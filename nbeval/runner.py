@@ -181,16 +181,24 @@ def score_suite(
         cached_readings += hits
     t3 = time.perf_counter()
     rows: list[Score] = []
+    complete: dict[str, dict[int, dict[str, dict]]] = {}  # sample id → turn → readings, all read
     for j, (s, g) in enumerate(ok):
         got = {role: readings[role][j] for role in roles[j]}
         failed = {role: r for role, r in got.items() if isinstance(r, BaseException)}
         if failed:
             rows += [Score(s.id, g.turn, role, "_error", None, "{}", _error(e)) for role, e in failed.items()]
             continue
+        complete.setdefault(s.id, {})[g.turn] = got
         try:
             rows += suite.score(s, g.turn, got)
         except Exception as e:  # noqa: BLE001 — a suite bug on one sample is a row, not a crash
             rows.append(Score(s.id, g.turn, "suite", "_error", None, "{}", _error(e)))
+    for s in samples:
+        if len(complete.get(s.id, {})) == len(s.turns) + 1:
+            try:
+                rows += suite.score_sample(s, complete[s.id])
+            except Exception as e:  # noqa: BLE001
+                rows.append(Score(s.id, -1, "suite", "_error", None, "{}", _error(e)))
     scores = scores_frame(rows)
     samples_df = samples_frame(samples)
     valid = scores[scores["error"].isna()]

@@ -75,3 +75,41 @@ def proportion(flags: np.ndarray, confidence: float = 0.95) -> Estimate:
     x = np.asarray(flags, dtype=float)
     x = x[~np.isnan(x)]
     return wilson(float(x.sum()), len(x), confidence)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive scores above a random negative (ties
+    count half), by the Mann–Whitney rank sum."""
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def pair_auc(similarity: np.ndarray, group: np.ndarray, label: np.ndarray, confidence: float = 0.95, n_boot: int = 200, seed: int = 0) -> Estimate:
+    """Verification ROC-AUC of a similarity matrix over items: a pair is positive when its two items
+    share `label`. Items come in `group`s (the images of one sample, which are not independent), so
+    the CI resamples whole groups; pairs of an item with itself never count."""
+    sim = np.asarray(similarity, dtype=float)
+    group, label = np.asarray(group), np.asarray(label)
+    groups = np.unique(group)
+    members = [np.flatnonzero(group == g) for g in groups]
+
+    def auc(pick: np.ndarray) -> float:
+        idx = np.concatenate([members[i] for i in pick])
+        iu = np.triu_indices(len(idx), k=1)
+        a, b = idx[iu[0]], idx[iu[1]]
+        keep = a != b  # a group drawn twice would pair each item with itself
+        same = (label[a] == label[b])[keep]
+        return roc_auc(sim[a, b][keep], same)
+
+    value = auc(np.arange(len(groups)))
+    rng = np.random.default_rng(seed)
+    boots = np.array([auc(rng.integers(0, len(groups), len(groups))) for _ in range(n_boot)])
+    alpha = (1 - confidence) / 2
+    lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
+    return Estimate(value, float(lo), float(hi), len(groups), "bootstrap")

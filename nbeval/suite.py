@@ -60,6 +60,11 @@ class Suite(ABC):
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         """Metric rows for one generated turn, from each scorer role's reading of it."""
 
+    def score_sample(self, sample: Sample, readings: dict[int, dict[str, dict]]) -> list[Score]:
+        """Rows about a whole multi-turn sample (turn −1), from every turn's readings; only for
+        samples whose every turn was read. None by default."""
+        return []
+
     @abstractmethod
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         """Metric name → estimate with CI. `scores` holds only rows without errors."""

@@ -85,6 +85,8 @@ class MLflowTracker:
         with mlflow.start_run(run_name=f"{res['model']['name']} · {'+'.join(suites)}", parent_run_id=parent_run_id, tags=run_tags) as run:
             mlflow.log_params(flatten(res["config"]))
             mlflow.log_dict(res["config"], "config.json")
+            for role, card in res["scorers"].items():  # metric cards: weights, preprocessing, exact definitions
+                mlflow.log_dict(card, f"scorers/{role}.json")
             all_metrics: dict[str, float] = {}
             for s, r in res["suites"].items():
                 all_metrics.update(metric_items(s, r["metrics"]))

@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from nbeval.galleries import filmstrips
 from nbeval.plots import plt
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, proportion
@@ -275,26 +276,10 @@ class DriftSuite(Suite):
         fig.tight_layout()
         return {f"{self.name}_per_turn": fig}
 
-    def galleries(self, scores: pd.DataFrame, samples: pd.DataFrame, generations: pd.DataFrame, image: Callable[[str], Image.Image], k: int = 6, tile: int = 112) -> dict:
+    def galleries(self, scores: pd.DataFrame, samples: pd.DataFrame, generations: pd.DataFrame, image: Callable[[str], Image.Image], k: int = 6) -> dict:
         """Filmstrips of the k chains with the lowest drift AUC: the truth above, the model below."""
         chains = self.chains(scores, samples).sort_values("drift_auc").head(k)
         if chains.empty:
             return {}
-        by_id = {r.sample_id: r for r in samples.itertuples()}
-        shas = {(r.sample_id, r.turn): r.image_sha256 for r in generations.itertuples() if isinstance(r.image_sha256, str)}
-        cols = 1 + self.turns
-        strip = Image.new("RGB", (cols * tile, len(chains) * (2 * tile + 28)), "white")
-        draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
-        for row, chain in enumerate(chains.itertuples()):
-            sample = by_id[chain.sample_id]
-            truth, turns = json.loads(sample.truth), json.loads(sample.turns)
-            y = row * (2 * tile + 28)
-            draw.text((2, y + 2), f"{chain.sample_id}  AUC {chain.drift_auc:.3f}  slope {chain.drift_slope:+.4f}", fill="black", font=font)
-            for t in range(cols):
-                x = t * tile
-                strip.paste(render(Scene.from_dict(truth[t]["scene"]), tile - 4), (x + 2, y + 14))
-                sha = shas.get((chain.sample_id, t))
-                if sha:
-                    strip.paste(image(sha).resize((tile - 4, tile - 4)), (x + 2, y + 14 + tile))
-                draw.text((x + 2, y + 16 + 2 * tile), ("prompt" if t == 0 else turns[t - 1])[:20], fill=(90, 90, 90), font=font)
-        return {f"{self.name}_worst_chains": strip}
+        picks = [(c.sample_id, f"AUC {c.drift_auc:.3f}  slope {c.drift_slope:+.4f}") for c in chains.itertuples()]
+        return {f"{self.name}_worst_chains": filmstrips(picks, samples, generations, image)}

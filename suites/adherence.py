@@ -1,0 +1,114 @@
+"""CLIP prompt adherence: does the image show what the prompt claims, as a CLIP backbone sees it?
+
+Prompts are world claims in three types, stratified: one group ("three red circles"), two groups
+("two blue squares and one green triangle") and a spatial relation ("a red circle to the left of a
+blue square"). Every prompt carries its hard negatives, one attribute away (colour, shape, count or
+relation), so the headline — CLIP-R-precision — asks whether the image matches its own prompt better
+than a near miss. The raw CLIPScores are reported too, but they depend on the backbone: compare
+them only between runs that used the same weights (the scorer card names them and their sha256).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+
+from nbeval.plots import bar_with_ci, plt
+from nbeval.records import Sample, Score, canonical_json
+from nbeval.stats import Estimate, bootstrap_mean
+from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
+from nbeval.world.claims import NEGATIVE_KINDS, hard_negatives, random_claim, scene_for
+
+CLAIM_TYPES = ("single", "pair", "relation")
+_TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An image showing {}.")
+
+
+def _capitalise(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+class AdherenceSuite(Suite):
+    name = "adherence"
+    version = "1"
+    scorers = ("clip",)
+    metrics = (
+        MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline; comparable across backbones)", proportion=True),
+        MetricSpec("pairwise", True, "the prompt beats the hard negative of one kind: pairwise/<colour|shape|count|relation>", proportion=True),
+        MetricSpec("clip_score", True, "torchmetrics-style CLIPScore, max(100·mean cos, 0): backbone-specific, not comparable across backbones"),
+        MetricSpec("clipscore_hessel", True, "Hessel CLIPScore, mean 2.5·max(cos, 0): backbone-specific, not comparable across backbones"),
+    )
+    headline = ("r_precision",)
+
+    def __init__(self, image_size: int = 256, max_count: int = 4) -> None:
+        super().__init__(image_size)
+        if not 1 <= max_count <= 9:
+            raise ValueError(f"max_count must be in 1..9 (a count negative may add one), got {max_count}")
+        self.max_count = max_count
+
+    def params(self) -> dict:
+        return {**super().params(), "max_count": self.max_count}
+
+    def samples(self, n: int, seed: int) -> list[Sample]:
+        out = []
+        for i in range(n):
+            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            kind = CLAIM_TYPES[i % len(CLAIM_TYPES)]
+            claim = random_claim(rng, relation=kind == "relation", max_count=self.max_count)
+            while kind != "relation" and len(claim.groups) != (1 if kind == "single" else 2):
+                claim = random_claim(rng, relation=False, max_count=self.max_count)
+            caption = claim.caption()
+            negatives = {k: c.caption() for k, c in hard_negatives(claim, rng, max_count=self.max_count + 1).items()}
+            out.append(
+                Sample(
+                    id=f"{self.name}-{seed}-{i:05d}",
+                    suite=self.name,
+                    prompt=_capitalise(rng.choice(_TEMPLATES).format(caption)),
+                    truth=({"scene": scene_for(claim, rng).to_dict(), "claim": claim.to_dict(), "caption": caption, "negatives": negatives},),
+                    seed=seed * 1_000_003 + i,
+                    tags={"type": kind},
+                )
+            )
+        return out
+
+    def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
+        t = sample.truth[turn]
+        return {"caption": t["caption"], "negatives": t["negatives"]}
+
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        r = readings["clip"]
+        cos, neg = r["cos"], r["negatives"]
+        values = {
+            "cos": cos,
+            "clip_score": 100 * cos,  # clamped at zero on the mean, in aggregate (torchmetrics' definition)
+            "clipscore_hessel": 2.5 * max(cos, 0.0),
+            "r_precision": float(all(cos > v for v in neg.values())),
+            **{f"pairwise/{k}": float(cos > v) for k, v in neg.items()},
+        }
+        detail = json.dumps({"caption": sample.truth[turn]["caption"], "cos": cos, "negatives": neg})
+        return [Score(sample.id, turn, "clip", m, v, detail) for m, v in values.items()]
+
+    def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
+        wide = wide_table(scores, samples)
+        by_name = {s.name: s for s in self.metrics}
+        out = estimate_metrics(wide, (by_name["r_precision"],), breakdowns=("type",))
+        pairwise = tuple(MetricSpec(f"pairwise/{k}", True, "", proportion=True) for k in NEGATIVE_KINDS)
+        out |= estimate_metrics(wide, (*pairwise, by_name["clipscore_hessel"]))
+        mean = bootstrap_mean(wide["clip_score"].to_numpy())  # torchmetrics clamps the mean, not each sample
+        out["clip_score"] = Estimate(max(mean.value, 0.0), max(mean.ci_low, 0.0), max(mean.ci_high, 0.0), mean.n, mean.method)
+        return out
+
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+        est = self.aggregate(scores, samples)
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        bar_with_ci(axes[0], {k.split("/type_")[1]: v for k, v in est.items() if k.startswith("r_precision/type_")}, "R-precision by prompt type", ylim=(0, 1.05))
+        bar_with_ci(axes[1], {k.split("/")[1]: v for k, v in est.items() if k.startswith("pairwise/")}, "prompt beats the negative that changes…", ylim=(0, 1.05))
+        first = scores.drop_duplicates(["sample_id", "turn"])
+        details = [json.loads(d) for d in first["detail"]]
+        axes[2].hist([d["cos"] for d in details], bins=30, alpha=0.7, label="prompt")
+        axes[2].hist([v for d in details for v in d["negatives"].values()], bins=30, alpha=0.5, label="hard negatives")
+        axes[2].set_title("cosine with the image")
+        axes[2].legend()
+        fig.tight_layout()
+        return {"adherence_breakdown": fig}

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from nbeval.adapters.base import GenRequest
 from nbeval.adapters.oracle import OracleAdapter
 
-SUITE_OF = {"ocr": "text_rendering", "counter": "counting"}
+SUITE_OF = {"ocr": "text_rendering", "counter": "counting", "clip": "adherence", "identity": "identity"}
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     with initialize_config_module(config_module="nbeval.conf", version_base="1.3"):
-        cfg = compose("config")
+        cfg = compose("config", overrides=[f"suite=[{','.join(SUITE_OF.values())}]"])
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     lines = [
         "# Scorer throughput",
@@ -43,14 +43,14 @@ def main() -> None:
         samples = suite.samples(args.n + args.batch, 0)
         reqs = [GenRequest(s.id, s.prompt, s.seed, suite.image_size, s.truth[0]) for s in samples]
         images = [r.image for r in OracleAdapter().generate(reqs)]
-        scorer = instantiate(cfg.scorer[role])
+        truths = [suite.scorer_truth(s, 0, role) for s in samples]
         t0 = time.perf_counter()
-        scorer.score(images[: args.batch], [{}] * args.batch)  # warm-up: loads weights
+        scorer = instantiate(cfg.scorer[role])
+        scorer.score(images[: args.batch], truths[: args.batch])  # warm-up: loads weights
         load = time.perf_counter() - t0
         t0 = time.perf_counter()
         for i in range(args.batch, len(images), args.batch):
-            chunk = images[i : i + args.batch]
-            scorer.score(chunk, [{}] * len(chunk))
+            scorer.score(images[i : i + args.batch], truths[i : i + args.batch])
         dt = time.perf_counter() - t0
         lines.append(f"| {role} | {suite_name} | {args.n} | {args.batch} | {dt:.1f} | {args.n / dt:.1f} | {load:.1f} |")
         print(lines[-1], flush=True)

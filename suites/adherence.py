@@ -31,10 +31,10 @@ def _capitalise(text: str) -> str:
 
 class AdherenceSuite(Suite):
     name = "adherence"
-    version = "1"
+    version = "2"
     scorers = ("clip",)
     metrics = (
-        MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline; comparable across backbones)", proportion=True),
+        MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline)", proportion=True),
         MetricSpec("pairwise", True, "the prompt beats the hard negative of one kind: pairwise/<colour|shape|count|relation>", proportion=True),
         MetricSpec("clip_score", True, "torchmetrics-style CLIPScore, max(100·mean cos, 0): backbone-specific, not comparable across backbones"),
         MetricSpec("clipscore_hessel", True, "Hessel CLIPScore, mean 2.5·max(cos, 0): backbone-specific, not comparable across backbones"),
@@ -55,9 +55,7 @@ class AdherenceSuite(Suite):
         for i in range(n):
             rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
             kind = CLAIM_TYPES[i % len(CLAIM_TYPES)]
-            claim = random_claim(rng, relation=kind == "relation", max_count=self.max_count)
-            while kind != "relation" and len(claim.groups) != (1 if kind == "single" else 2):
-                claim = random_claim(rng, relation=False, max_count=self.max_count)
+            claim = random_claim(rng, relation=kind == "relation", max_count=self.max_count, groups={"single": 1, "pair": 2}.get(kind))
             caption = claim.caption()
             negatives = {k: c.caption() for k, c in hard_negatives(claim, rng, max_count=self.max_count + 1).items()}
             out.append(

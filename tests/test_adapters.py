@@ -8,13 +8,17 @@ from nbeval.adapters.corruptions import CORRUPTIONS, TURN_CORRUPTIONS
 from nbeval.adapters.folder import FolderAdapter
 from nbeval.adapters.oracle import OracleAdapter
 from nbeval.world import COMMON_WORDS, Scene, apply_edit, fit_text, place_shapes, render
+from nbeval.world.characters import Character, Identity
 from nbeval.world.layout import word_box
 
 
 def _scene() -> Scene:
+    """Three circles, a line of text and a character: something for every corruption to damage."""
     rng = random.Random(0)
     words = (fit_text(rng, "OPEN CAFE", 0.08, y_range=(0.8, 0.85)),)
-    return Scene(shapes=place_shapes(rng, [("circle", "red", "medium")] * 3, avoid=[word_box(w) for w in words]), words=words)
+    character = Character(Identity("round", "green", "wide", "hat", "blue"), "small", 0.15, 0.25)
+    shapes = place_shapes(rng, [("circle", "red", "medium")] * 3, avoid=[word_box(w) for w in words] + [character.box()])
+    return Scene(shapes=shapes, words=words, characters=(character.to_dict(),))
 
 
 def _req(scene: Scene, seed: int = 1) -> GenRequest:

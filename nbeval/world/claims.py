@@ -49,9 +49,10 @@ class Claim:
         return cls(tuple(Group(**g) for g in d["groups"]), d.get("relation"))
 
 
-def random_claim(rng: random.Random, relation: bool, max_count: int = 4) -> Claim:
-    """One or two groups of distinct colour and kind; or, with `relation`, two objects and a relation."""
-    n = 2 if relation else rng.choice((1, 2))
+def random_claim(rng: random.Random, relation: bool, max_count: int = 4, groups: int | None = None) -> Claim:
+    """`groups` (one or two; random if None) groups of distinct colour and kind; or, with
+    `relation`, two objects and a relation."""
+    n = 2 if relation else groups or rng.choice((1, 2))
     colours, kinds = rng.sample(list(COLOURS), n), rng.sample(SHAPE_KINDS, n)
     if relation:
         return Claim(tuple(Group(c, k, 1) for c, k in zip(colours, kinds)), rng.choice(RELATIONS))

@@ -78,7 +78,7 @@ class IdentitySuite(Suite):
             ident = random_identity(rng)
             reference = Scene(characters=(Character(ident, "medium", 0.5, 0.55).to_dict(),))
             truth, turns, prev = [], [], None
-            for t in range(self.k):
+            for _ in range(self.k):
                 c = place_character(rng, ident)
                 while prev is not None and (_where(c), c.size) == (_where(prev), prev.size):  # every turn asks for a change
                     c = place_character(rng, ident)

@@ -19,14 +19,11 @@ from nbeval.plots import bar_with_ci, plt
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
+from nbeval.world.prompts import capitalise
 from nbeval.world.claims import NEGATIVE_KINDS, hard_negatives, random_claim, scene_for
 
 CLAIM_TYPES = ("single", "pair", "relation")
 _TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An image showing {}.")
-
-
-def _capitalise(text: str) -> str:
-    return text[0].upper() + text[1:]
 
 
 class AdherenceSuite(Suite):
@@ -62,7 +59,7 @@ class AdherenceSuite(Suite):
                 Sample(
                     id=f"{self.name}-{seed}-{i:05d}",
                     suite=self.name,
-                    prompt=_capitalise(rng.choice(_TEMPLATES).format(caption)),
+                    prompt=capitalise(rng.choice(_TEMPLATES).format(caption)),
                     truth=({"scene": scene_for(claim, rng).to_dict(), "claim": claim.to_dict(), "caption": caption, "negatives": negatives},),
                     seed=seed * 1_000_003 + i,
                     tags={"type": kind},

@@ -30,7 +30,7 @@ from nbeval.suite import MetricSpec, Suite
 from nbeval.world import Scene
 from nbeval.world.characters import CHARACTER_SIZES, Character, random_identity
 from nbeval.world.layout import character_scene, place_character
-from nbeval.world.prompts import article, position_phrase
+from nbeval.world.prompts import article, capitalise, position_phrase
 
 _SIZE_ORDER = tuple(CHARACTER_SIZES)
 
@@ -84,8 +84,7 @@ class IdentitySuite(Suite):
                     c = place_character(rng, ident)
                 scene = character_scene(rng, c, rng.random() < self.distractor_rate)
                 if prev is None:
-                    describe = ident.describe()
-                    prompt = f"{describe[0].upper()}{describe[1:]}, {c.size}, {_where(c)}{_beside(scene)}."
+                    prompt = f"{capitalise(ident.describe())}, {c.size}, {_where(c)}{_beside(scene)}."
                 else:
                     turns.append(f"The same character, now {_where(c)}, {_resize_phrase(prev.size, c.size)}{_beside(scene)}.")
                 truth.append({"scene": scene.to_dict(), "identity": c.to_dict()["identity"], "reference": reference.to_dict()})
@@ -115,6 +114,11 @@ class IdentitySuite(Suite):
         emb = np.array([json.loads(d)["embedding"] for d in rows["detail"]])
         return emb, rows["sample_id"].to_numpy(), np.array([identity[s] for s in rows["sample_id"]])
 
+    @staticmethod
+    def _reference_by_turn(scores: pd.DataFrame) -> dict[int, Estimate]:
+        per_turn = scores[scores["metric"] == "reference_similarity"]
+        return {int(t): bootstrap_mean(group["value"].to_numpy()) for t, group in per_turn.groupby("turn")}
+
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         per_turn = scores[scores["metric"] == "reference_similarity"]
         pairwise = scores[scores["metric"] == "mean_pairwise_similarity"]
@@ -122,8 +126,7 @@ class IdentitySuite(Suite):
             "mean_pairwise_similarity": bootstrap_mean(pairwise["value"].to_numpy()),
             "reference_similarity": bootstrap_mean(per_turn.groupby("sample_id")["value"].mean().to_numpy()),
         }
-        for t, group in per_turn.groupby("turn"):
-            out[f"reference_similarity/turn_{t}"] = bootstrap_mean(group["value"].to_numpy())
+        out |= {f"reference_similarity/turn_{t}": e for t, e in self._reference_by_turn(scores).items()}
         emb, group, label = self._embeddings(scores, samples)
         if len(np.unique(group)) > 1:
             out["verification_auc"] = pair_auc(emb @ emb.T, group, label)
@@ -139,9 +142,8 @@ class IdentitySuite(Suite):
         axes[0].hist(sim[a, b][same], bins=40, density=True, alpha=0.6, label="same identity")
         axes[0].set_title("cosine of image pairs")
         axes[0].legend()
-        est = self.aggregate(scores, samples)
-        turns = sorted(int(k.rsplit("_", 1)[1]) for k in est if k.startswith("reference_similarity/turn_"))
-        vals = [est[f"reference_similarity/turn_{t}"] for t in turns]
+        by_turn = self._reference_by_turn(scores)  # not aggregate(): its AUC bootstrap is not plotted
+        turns, vals = list(by_turn), list(by_turn.values())
         axes[1].errorbar(turns, [v.value for v in vals], yerr=[[v.value - v.ci_low for v in vals], [v.ci_high - v.value for v in vals]], marker="o", capsize=4)
         axes[1].set_xlabel("turn")
         axes[1].set_title("similarity to the reference render, by turn")

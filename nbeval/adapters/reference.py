@@ -5,20 +5,16 @@ The ablation presets (`conf/model/reference_*.yaml`) are the same weights with o
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter, timed
+from nbeval.records import sha256_file
 
 DEFAULT_CHECKPOINT = "reference-cpu"
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+_checkpoint_sha256 = lru_cache(maxsize=8)(sha256_file)  # the fingerprint asks often; hash 15 MB once
 
 
 def checkpoint_path(checkpoint: str) -> Path:
@@ -45,7 +41,7 @@ class ReferenceAdapter(ModelAdapter):
         self._model = None
 
     def settings(self) -> dict:
-        return {"checkpoint_sha256": _sha256(self.checkpoint), **asdict(self.options)}
+        return {"checkpoint_sha256": _checkpoint_sha256(self.checkpoint), **asdict(self.options)}
 
     @property
     def model(self):

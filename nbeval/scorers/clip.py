@@ -8,7 +8,6 @@ tests prove is the path real weights take. Nothing is downloaded: a missing file
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +20,7 @@ from PIL import Image
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from nbeval.records import sha256_file
 from nbeval.scorers.base import Scorer
 from nbeval.world.claims import NEGATIVE_KINDS
 
@@ -37,10 +37,6 @@ VARIANTS: dict[str, str] = {
     "world-made hard negatives (one each: wrong colour, wrong shape, wrong count or swapped relation)",
     "pairwise/<kind>": "share of images whose caption beats the hard negative of that kind",
 }
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass

@@ -6,8 +6,12 @@ or a user's pretrained open_clip weights through the same loader).
 
 from __future__ import annotations
 
+import json
+
+import torch
 from PIL import Image
 
+from nbeval.records import canonical_json
 from nbeval.scorers.clip import ClipScorer
 from nbeval.world import Scene, render
 
@@ -19,11 +23,22 @@ class ClipIdentityScorer(ClipScorer):
     name = "identity"
     uses_truth = True
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._references: dict[str, torch.Tensor] = {}  # one identity's reference serves all its turns
+
     def settings(self) -> dict:
         return {**super().settings(), "reference_side": 256}
 
+    def _reference_embeddings(self, truths: list[dict]) -> torch.Tensor:
+        keys = [canonical_json(t["reference"]) for t in truths]
+        new = [k for k in dict.fromkeys(keys) if k not in self._references]
+        if new:
+            renders = [render(Scene.from_dict(json.loads(k)), 256) for k in new]
+            self._references.update(zip(new, self.backbone.embed_images(renders)))
+        return torch.stack([self._references[k] for k in keys])
+
     def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
         emb = self.backbone.embed_images(images)
-        refs = self.backbone.embed_images([render(Scene.from_dict(t["reference"]), 256) for t in truths])
-        sims = (emb * refs).sum(-1)
+        sims = (emb * self._reference_embeddings(truths)).sum(-1)
         return [{"embedding": [round(v, 5) for v in e.tolist()], "reference_similarity": float(s)} for e, s in zip(emb, sims)]

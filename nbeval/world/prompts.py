@@ -26,6 +26,11 @@ def plural(kind: str, n: int) -> str:
     return kind if n == 1 else kind + "s"
 
 
+def capitalise(text: str) -> str:
+    """First letter upper case, the rest untouched (str.capitalize lowers it)."""
+    return text[:1].upper() + text[1:]
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -75,7 +80,7 @@ def scene_prompt(scene: Scene, phrasing: int = 0, grouped: bool | None = None) -
             grouped = len(scene.shapes) > 3 or max(groups.values()) > 1
         objs = describe_groups(scene.shapes) if grouped else describe_objects(scene.shapes)
         t = _SHAPE_TEMPLATES[phrasing % len(_SHAPE_TEMPLATES)]
-        parts.append(t.format(objs=objs, Objs=objs[0].upper() + objs[1:]))
+        parts.append(t.format(objs=objs, Objs=capitalise(objs)))
     if scene.words:
         t = _TEXT_TEMPLATES[phrasing % len(_TEXT_TEMPLATES)]
         text = scene.text()

@@ -13,7 +13,6 @@ exactly what CLIP-R-precision asks the model to tell apart.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -21,6 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from nbeval.records import sha256_file
 from nbeval.scorers.clip import NBCLIP_NAME, WEIGHTS_DIR, load_backbone
 from nbeval.stats import proportion
 from nbeval.world import Scene, render
@@ -43,20 +44,27 @@ PHASE1_MIX = {"shapes": 0.6, "relations": 0.35, "mirror": False}  # the mix of d
 _MIRROR = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
 
 
-def example(rng: random.Random, mix: dict) -> tuple[Scene, str, list[str]]:
+class Example(NamedTuple):
+    scene: Scene
+    caption: str
+    negatives: dict[str, str]  # kind of hard negative (a claim attribute or a character part) → caption
+    family: str  # "shapes" or "characters"
+
+
+def example(rng: random.Random, mix: dict) -> Example:
     """A scene, its caption and its hard-negative captions: a `mix["shapes"]` share of shape claims
     (`mix["relations"]` of them spatial relations), the rest characters. With `mix["mirror"]`, a
     relation also gets the negative with the mirrored relation word, which teaches what the word means."""
     if rng.random() < mix["shapes"]:
         claim = random_claim(rng, relation=rng.random() < mix["relations"])
-        negatives = [n.caption() for n in hard_negatives(claim, rng).values()]
+        negatives = {k: n.caption() for k, n in hard_negatives(claim, rng).items()}
         if claim.relation and mix["mirror"]:
-            negatives.append(replace(claim, relation=_MIRROR[claim.relation]).caption())
-        return scene_for(claim, rng), claim.caption(), negatives
+            negatives["relation_word"] = replace(claim, relation=_MIRROR[claim.relation]).caption()
+        return Example(scene_for(claim, rng), claim.caption(), negatives, "shapes")
     ident = random_identity(rng)
-    negatives = [ident.swap(p, rng).describe() for p in PARTS if not (p == "accessory_colour" and ident.accessory == "none")]
+    negatives = {p: ident.swap(p, rng).describe() for p in PARTS if not (p == "accessory_colour" and ident.accessory == "none")}
     distractor = rng.random() < 0.5
-    return character_scene(rng, place_character(rng, ident), distractor), ident.describe(), negatives
+    return Example(character_scene(rng, place_character(rng, ident), distractor), ident.describe(), negatives, "characters")
 
 
 def _pixels(img: Image.Image, transform) -> np.ndarray:
@@ -76,7 +84,7 @@ def build_data(path: Path, n: int, seed: int, mix: dict, transform) -> dict:
     rng = random.Random(f"nbclip-data:{seed}")
     images, captions, negatives = [], [], []
     for _ in tqdm(range(n), desc="render training scenes", unit="img"):
-        scene, cap, negs = example(rng, mix)
+        scene, cap, negs, _ = example(rng, mix)
         img = render(scene, RENDER_SIDE)
         roll = rng.random()
         if roll < 0.2:
@@ -86,7 +94,7 @@ def build_data(path: Path, n: int, seed: int, mix: dict, transform) -> dict:
             img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
         images.append(_pixels(img, transform))
         captions.append(cap)
-        negatives.append(negs)
+        negatives.append(list(negs.values()))
     data = {"n": n, "seed": seed, "mix": mix, "images": torch.from_numpy(np.stack(images)), "captions": captions, "negatives": negatives}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
@@ -177,15 +185,7 @@ def zero_shot(n: int, seed: int) -> dict:
     by_kind: dict[str, list[float]] = {}
     top1: dict[str, list[float]] = {"shapes": [], "characters": []}
     for _ in tqdm(range(n), desc="zero-shot eval", unit="img"):
-        if rng.random() < 0.6:
-            claim = random_claim(rng, relation=rng.random() < 0.35)
-            scene, cap, negs, family = scene_for(claim, rng), claim.caption(), {k: v.caption() for k, v in hard_negatives(claim, rng).items()}, "shapes"
-        else:
-            ident = random_identity(rng)
-            parts = [p for p in PARTS if not (p == "accessory_colour" and ident.accessory == "none")]
-            distractor = rng.random() < 0.5
-            scene = character_scene(rng, place_character(rng, ident), distractor)
-            cap, negs, family = ident.describe(), {p: ident.swap(p, rng).describe() for p in parts}, "characters"
+        scene, cap, negs, family = example(rng, PHASE1_MIX)
         img = backbone.embed_images([render(scene, RENDER_SIDE)])
         txt = backbone.embed_texts([cap, *negs.values()])
         cos = (img @ txt.T)[0]
@@ -199,7 +199,7 @@ def zero_shot(n: int, seed: int) -> dict:
 
 def write_card(run_dir: Path, n_eval: int) -> Path:
     weights = WEIGHTS_DIR / f"{NBCLIP_NAME}.safetensors"
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha = sha256_file(weights)
     cfg = json.loads((WEIGHTS_DIR / f"{NBCLIP_NAME}.json").read_text())
     phases = [json.loads((run_dir / "meta.json").read_text())]
     while phases[0]["init"]:
@@ -210,6 +210,7 @@ def write_card(run_dir: Path, n_eval: int) -> Path:
         f"{p['trained_steps']} steps of a {p['steps']}-step cosine schedule, batch {p['batch']}, "
         f"{'every hard negative of each image' if p['negatives'] == 'all' else 'one random hard negative per image'} "
         f"in the contrast, AdamW lr {p['lr']}; {p['minutes']:.0f} min on a 2-core CPU; final loss {p['final_loss']:.3f}."
+        + (f" Note: {p['note']}." if p.get("note") else "")
         for i, p in enumerate(phases))
     results = zero_shot(n_eval, seed=1)
     rows = "\n".join(f"| {k} | {v['value']:.3f} | [{v['low']:.3f}, {v['high']:.3f}] | {v['n']} |" for k, v in results.items())

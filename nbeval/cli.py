@@ -15,13 +15,15 @@ commands:
   run       evaluate a model on suites; Hydra overrides, e.g.
               nbeval run model=oracle suite=[text_rendering,counting] n=200 seed=0
               nbeval run -m model=oracle,oracle_blur suite=counting      (multirun, joblib launcher)
+              nbeval run suite=arena model=[reference,reference_noplan]  (models against each other:
+                                         an automatic judge, judge=suite|clip; ratings with CIs)
             `nbeval run --help` lists every config group and option.
   samples   write a suite's samples (ids, prompts) as JSONL, to generate images elsewhere:
               nbeval samples suite=[text_rendering] n=200 seed=0 --out prompts.jsonl
-  arena     arena ratings from a battles file (ours or FastChat/LMArena's schema):
-              nbeval arena leaderboard battles=<file.parquet|.jsonl|.csv> [out=DIR] [anchor=MODEL]
-                                       [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
-  list      registered suites and the model, suite, scorer and tracking configs
+  arena     ratings from a battles file, and the blind voting web app (`nbeval arena --help`):
+              nbeval arena leaderboard battles=<file.parquet|.jsonl|.csv> [out=DIR] [anchor=MODEL] …
+              NBEVAL_ARENA_ADMIN_KEY=… nbeval arena serve [db=sqlite:///arena.db] [port=8000]
+  list      registered suites and the model, suite, scorer, judge and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
 
 Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db);
@@ -32,8 +34,27 @@ CONFIG_MODULE = "nbeval.conf"
 log = logging.getLogger("nbeval")
 
 
-def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: dict | None = None) -> dict:
-    """Run one job: the configured model on every configured suite. Returns results.json's content."""
+def _check_models(name: str, suite, models: list) -> None:
+    """A contest suite (the arena) needs two or more models, every other suite exactly one, and
+    each model the capabilities the suite needs."""
+    from nbeval.suite import ContestSuite
+
+    names = [m.name for m in models]
+    if isinstance(suite, ContestSuite) and len(models) < 2:
+        raise ValueError(f"suite {name!r} compares models, but the run has one ({names[0]}): name two or more, e.g. model=[reference,reference_noplan]")
+    if not isinstance(suite, ContestSuite) and len(models) > 1:
+        raise ValueError(f"suite {name!r} scores one model at a time, but the run has {len(models)} (model=[{','.join(names)}]); "
+                         f"for one run per model use a sweep: nbeval run -m model={','.join(names)}")
+    for model in models:
+        missing = suite.capabilities - model.capabilities
+        if missing:
+            raise ValueError(f"suite {name!r} needs model capabilities {sorted(missing)} that {model.name!r} lacks")
+
+
+def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: dict | None = None, models: dict | None = None) -> dict:
+    """Run one job: the configured model on every configured suite, or, given `models` (config
+    option → model config, from `model=[a,b]`), those models on contest suites such as the arena.
+    Returns results.json's content."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -41,16 +62,18 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
     from nbeval.registry import load
     from nbeval.results import build_results, summary_markdown, write_run
     from nbeval.runner import score_suite
+    from nbeval.suite import ContestSuite
 
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    model = instantiate(cfg.model)
+    if models:  # cfg.model is Hydra's merge of the listed configs: record each model's own instead
+        container.pop("model", None)
+        container["models"] = {k: OmegaConf.to_container(m, resolve=True) for k, m in models.items()}
+    adapters = [instantiate(m) for m in (models.values() if models else [cfg.model])]
     suites = {}
     for name, scfg in cfg.suite.items():
         suites[name] = instantiate(scfg) if "_target_" in scfg else load(name)(**scfg)
-        missing = suites[name].capabilities - model.capabilities
-        if missing:
-            raise ValueError(f"suite {name!r} needs model capabilities {sorted(missing)} that {model.name!r} lacks")
+        _check_models(name, suites[name], adapters)
     scorers: dict = {}
 
     def scorer_for(role: str):
@@ -62,8 +85,12 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
 
     cache = Cache(cfg.cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [score_suite(s, model, scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size) for s in suites.values()]
-    res = build_results(container, model, scorers, results, out_dir)
+    results = [
+        s.contest(adapters, scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size) if isinstance(s, ContestSuite)
+        else score_suite(s, adapters[0], scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size)
+        for s in suites.values()
+    ]
+    res = build_results(container, adapters, scorers, results, out_dir)
     write_run(res, results, cache, out_dir)
     print(summary_markdown(res, suites), flush=True)
     for r in results:
@@ -76,6 +103,22 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
         print(f"MLflow run {res['mlflow_run_id']} at {tracker.uri}", flush=True)
     print(f"run folder: {out_dir}", flush=True)
     return res
+
+
+def _listed_models(task_overrides: list[str]) -> dict:
+    """For `model=[a,b,…]` (models compared in one run, as the arena does): config option → that
+    model's config, composed as if the run named it alone (the run's overrides with `model=<it>`),
+    so per-model overrides such as model.severity=2 apply to each; Hydra itself would merge the
+    listed configs into one `model`. Empty when the run names one model."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    listed = next((o for o in parsed if o.key_or_group == "model" and o.package is None and isinstance(o.value(), list)), None)
+    if listed is None:
+        return {}
+    rest = [o.input_line for o in parsed if o is not listed]
+    return {str(m): compose("config", overrides=[*rest, f"model={m}"]).model for m in listed.value()}
 
 
 def _run_app() -> None:
@@ -93,7 +136,10 @@ def _run_app() -> None:
             f = Path(hc.sweep.dir) / PARENT_RUN_FILE
             parent = f.read_text().strip() if f.exists() else None
         tags = {f"nbeval.choice.{k}": str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-        evaluate(cfg, Path(hc.runtime.output_dir), parent, tags)
+        models = _listed_models(list(hc.overrides.task))
+        if models:
+            tags["nbeval.choice.model"] = ",".join(models)
+        evaluate(cfg, Path(hc.runtime.output_dir), parent, tags, models)
 
     app()
 
@@ -135,7 +181,7 @@ def _list_cmd(argv: list[str]) -> None:
     for name, target in sorted(available().items()):
         print(f"  {name:20s} {target}")
     root = files(CONFIG_MODULE)
-    for group in ("model", "suite", "scorer", "tracking"):
+    for group in ("model", "suite", "scorer", "judge", "tracking"):
         names = sorted(p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
         print(f"{group} configs: {', '.join(names)}")
 
@@ -151,16 +197,34 @@ def _cache_cmd(argv: list[str]) -> None:
     print(json.dumps({"cache_dir": str(d), **Cache(d).stats()}, indent=2))
 
 
-def _arena_cmd(argv: list[str]) -> None:
-    usage = "usage: nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]"
-    if not argv or argv[0] != "leaderboard" or any("=" not in a for a in argv[1:]):
-        print(usage, file=sys.stderr)
+ARENA_USAGE = """usage:
+  nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
+      ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
+  nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
+      the blind voting web app; db may be postgresql+psycopg://user@host/db. The admin key comes
+      from the environment, NBEVAL_ARENA_ADMIN_KEY (16+ characters), never from the command line.
+  nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256]
+  nbeval arena import url=URL arena=ID suite=SUITE runs=RUN_DIR[,RUN_DIR…]
+      put the first-turn images of finished `nbeval run` folders (one per model) into an arena
+  nbeval arena invite url=URL arena=ID names=alice,bob     (prints each voter's invite token once)
+  nbeval arena export url=URL arena=ID [out=votes.jsonl]   (then: nbeval arena leaderboard battles=votes.jsonl)
+      the admin commands talk to a running server with NBEVAL_ARENA_ADMIN_KEY."""
+
+
+def _options(argv: list[str], allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:
+    """key=value arguments of an arena subcommand; exits with the usage on anything else."""
+    bad = [a for a in argv if "=" not in a]
+    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown, missing = set(opts) - allowed, required - set(opts)
+    if bad or unknown or missing:
+        why = f"not key=value: {bad}" if bad else f"unknown options {', '.join(sorted(unknown))}" if unknown else f"{', '.join(sorted(missing))}= is required"
+        print(f"nbeval arena: {why}\n{ARENA_USAGE}", file=sys.stderr)
         sys.exit(2)
-    opts = dict(a.split("=", 1) for a in argv[1:])
-    unknown = set(opts) - {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}
-    if unknown or "battles" not in opts:
-        print(f"nbeval arena: {'unknown options ' + ', '.join(sorted(unknown)) if unknown else 'battles= is required'}\n{usage}", file=sys.stderr)
-        sys.exit(2)
+    return opts
+
+
+def _arena_leaderboard(argv: list[str]) -> None:
+    opts = _options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}, {"battles"})
     from nbeval.arena.publish import log_to_mlflow, plot_ratings
     from nbeval.arena.ratings import leaderboard, read_battles
     from nbeval.plots import plt
@@ -179,6 +243,67 @@ def _arena_cmd(argv: list[str]) -> None:
     if opts.get("mlflow", "true").lower() not in ("false", "0", "no"):
         run_id = log_to_mlflow(board, battles, opts, out)
         print(f"MLflow run {run_id} (experiment nbeval-arena)")
+
+
+def _arena_serve(argv: list[str]) -> None:
+    import os
+
+    import uvicorn
+
+    from nbeval.arena.web import ServerConfig, create_app
+
+    opts = _options(argv, {"db", "host", "port", "votes_per_minute", "logins_per_minute"})
+    config = ServerConfig(
+        db_url=opts.get("db", "sqlite:///arena.db"),
+        admin_key=os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""),
+        votes_per_minute=int(opts.get("votes_per_minute", 600)),
+        logins_per_minute=int(opts.get("logins_per_minute", 30)),
+    )
+    try:
+        app = create_app(config)
+    except ValueError as e:
+        print(f"nbeval arena serve: {e}", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(app, host=opts.get("host", "127.0.0.1"), port=int(opts.get("port", 8000)), server_header=False, log_level="warning")
+
+
+def _arena_admin(action: str, argv: list[str]) -> None:
+    """create / import / invite / export against a running server, as its admin."""
+    import os
+
+    import httpx
+
+    from nbeval.arena.client import AdminClient, generations_from_run
+
+    allowed = {"create": {"url", "name", "sampling", "image_size"}, "import": {"url", "arena", "suite", "runs"},
+               "invite": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
+    opts = _options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"})
+    admin = AdminClient(opts["url"], os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""))
+    try:
+        if action == "create":
+            print(admin.create_arena(opts["name"], opts.get("sampling", "uncertainty"), int(opts.get("image_size", 256))))
+        elif action == "import":
+            items = [g for run in opts["runs"].split(",") for g in generations_from_run(Path(run), opts["suite"])]
+            print(json.dumps({"generations": len(items), **admin.import_generations(opts["arena"], items)}))
+        elif action == "invite":
+            for name, token in admin.invite(opts["arena"], opts["names"].split(",")).items():
+                print(f"{name}\t{token}")
+        else:
+            out = Path(opts.get("out", "votes.jsonl"))
+            out.write_text(admin.votes_jsonl(opts["arena"]))
+            print(f"wrote {sum(1 for _ in out.open())} votes to {out}")
+    except (RuntimeError, FileNotFoundError, httpx.TransportError) as e:
+        print(f"nbeval arena {action}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _arena_cmd(argv: list[str]) -> None:
+    subcommands = {"leaderboard": _arena_leaderboard, "serve": _arena_serve,
+                   **{a: lambda rest, a=a: _arena_admin(a, rest) for a in ("create", "import", "invite", "export")}}
+    if not argv or argv[0] not in subcommands:
+        print(ARENA_USAGE, file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
+        sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    subcommands[argv[0]](argv[1:])
 
 
 COMMANDS = {"samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}

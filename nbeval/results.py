@@ -4,12 +4,15 @@ results.json (schema_version 1) holds:
 - `schema_version`, `nbeval_version`, `created_at` (UTC ISO 8601), `git_sha` (of the nbeval checkout,
   null when not a git checkout), `versions` (python and key packages), `config` (resolved Hydra config),
   `n`, `seed`;
-- `model`: `name`, `fingerprint`, `settings`; `scorers`: role → card (class, weights checksums,
-  preprocessing) and `fingerprint`;
+- `models`: one `{name, fingerprint, settings}` per model of the run; `model`: that record when the
+  run has one model, and for a contest (`model=[a,b]`, e.g. the arena) `name` "a vs b", a
+  `fingerprint` of theirs and `settings` by model name; `scorers`: role → card (class, weights
+  checksums, preprocessing) and `fingerprint`;
 - `suites`: name → `version`, `params`, `samples_fingerprint` (hash of the sample keys: equal means the
   same samples), `n_samples`, `n_failed_generations`, `n_failed_scores`, `cached_generations` and
   `cached_readings` (work served by the cache),
-  `seconds` (stage → s), `tables` (relative paths of the Parquet tables), and `metrics`:
+  `seconds` (stage → s), `tables` (relative paths of the Parquet tables: samples, generations,
+  scores and the suite's own, e.g. the arena's battles and leaderboard), and `metrics`:
   metric → {`value`, `ci_low`, `ci_high`, `n`, `method` ("wilson" | "bootstrap"), `higher_is_better`
   (true, false, or null when closer to zero is better)}.
 Metric names follow MLflow's: `<suite>/<metric>` there, `suites.<suite>.metrics.<metric>` here.
@@ -30,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nbeval.cache import Cache
 from nbeval.records import content_hash
 from nbeval.runner import SuiteResult, write_tables
+from nbeval.suite import ContestSuite
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ def suite_record(r: SuiteResult, out_dir: Path) -> dict:
         "cached_generations": int(r.generations["cached"].sum()),
         "cached_readings": r.cached_readings,
         "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
-        "tables": {t: str((d / f"{t}.parquet").relative_to(out_dir)) for t in ("samples", "generations", "scores")},
+        "tables": {t: str((d / f"{t}.parquet").relative_to(out_dir)) for t in ("samples", "generations", "scores", *r.tables)},
         "metrics": {
             name: {**est.to_dict(), "higher_is_better": spec.higher_is_better if (spec := r.suite.spec(name)) else None}
             for name, est in r.metrics.items()
@@ -97,9 +101,15 @@ def sample_grid(r: SuiteResult, cache: Cache, k: int = 16, tile: int = 160) -> I
     return grid
 
 
-def build_results(cfg: dict, model, scorers: dict, results: list[SuiteResult], out_dir: Path) -> dict:
+def build_results(cfg: dict, models: list, scorers: dict, results: list[SuiteResult], out_dir: Path) -> dict:
     from nbeval import __version__
 
+    records = [{"name": m.name, "fingerprint": m.fingerprint, "settings": m.settings()} for m in models]
+    model = records[0] if len(records) == 1 else {
+        "name": " vs ".join(r["name"] for r in records),
+        "fingerprint": content_hash([r["fingerprint"] for r in records])[:16],
+        "settings": {r["name"]: r["settings"] for r in records},
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "nbeval_version": __version__,
@@ -109,7 +119,8 @@ def build_results(cfg: dict, model, scorers: dict, results: list[SuiteResult], o
         "config": cfg,
         "n": cfg.get("n"),
         "seed": cfg.get("seed"),
-        "model": {"name": model.name, "fingerprint": model.fingerprint, "settings": model.settings()},
+        "model": model,
+        "models": records,
         "scorers": {role: {**s.card(), "fingerprint": s.fingerprint} for role, s in scorers.items()},
         "suites": {r.suite.name: suite_record(r, out_dir) for r in results},
     }
@@ -119,17 +130,28 @@ def _fmt(m: dict) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
+def _summary_metrics(suite, metrics: dict) -> list[str]:
+    """Each of the suite's metrics overall; a headline metric that exists only per group (the
+    arena's `rating/<model>`) with every group, since it has no overall value to show."""
+    out = []
+    for spec in suite.metrics:
+        if spec.name in metrics:
+            out.append(spec.name)
+        elif spec.name in suite.headline:
+            out += [k for k in metrics if k.startswith(spec.name + "/")]
+    return out
+
+
 def summary_markdown(res: dict, suites: dict) -> str:
     """A short human-readable summary: headline metrics with CIs, then failures and timing."""
     lines = [f"# nbeval: {res['model']['name']} (n={res['n']}, seed={res['seed']})", ""]
     lines += ["| suite | metric | value [95% CI] | n |", "|---|---|---|---|"]
     for name, rec in res["suites"].items():
         suite = suites[name]
-        for metric in [m.name for m in suite.metrics]:
-            if metric in rec["metrics"]:
-                m = rec["metrics"][metric]
-                star = " **" if metric in suite.headline else " "
-                lines.append(f"| {name} |{star}{metric}{star.strip()} | {_fmt(m)} | {m['n']} |")
+        for metric in _summary_metrics(suite, rec["metrics"]):
+            m = rec["metrics"][metric]
+            star = " **" if metric.split("/")[0] in suite.headline else " "
+            lines.append(f"| {name} |{star}{metric}{star.strip()} | {_fmt(m)} | {m['n']} |")
     lines.append("")
     for name, rec in res["suites"].items():
         lines.append(
@@ -155,6 +177,8 @@ def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path
         try:
             sample_grid(r, cache).save(d / "sample_grid.png")
             figures = r.suite.plots(valid, r.samples) if len(valid) else {}
+            if isinstance(r.suite, ContestSuite):
+                figures |= r.suite.contest_plots(r)
             galleries = r.suite.galleries(valid, r.samples, r.generations, cache.get_image) if len(valid) else {}
         except Exception:  # noqa: BLE001 — a plotting bug must not lose a finished evaluation
             log.exception("%s: could not draw its figures", r.suite.name)

@@ -43,6 +43,7 @@ class SuiteResult:
     metrics: dict[str, Estimate]
     cached_readings: int = 0  # scorer readings served by the cache
     seconds: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # a suite's own, e.g. the arena's battles
 
     @property
     def n_failed_generations(self) -> int:
@@ -216,10 +217,11 @@ def score_suite(
 
 
 def write_tables(result: SuiteResult, out_dir: Path) -> Path:
-    """The per-sample tables of one suite as Parquet, under `<out_dir>/<suite>/`."""
+    """The tables of one suite as Parquet, under `<out_dir>/<suite>/<table>.parquet`: samples,
+    generations, scores and the suite's own."""
     d = out_dir / result.suite.name
     d.mkdir(parents=True, exist_ok=True)
-    result.samples.to_parquet(d / "samples.parquet", index=False)
-    result.generations.to_parquet(d / "generations.parquet", index=False)
-    result.scores.to_parquet(d / "scores.parquet", index=False)
+    tables = {"samples": result.samples, "generations": result.generations, "scores": result.scores, **result.tables}
+    for name, table in tables.items():
+        table.to_parquet(d / f"{name}.parquet", index=False)
     return d

@@ -8,12 +8,19 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from PIL import Image
 
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean, proportion
+
+if TYPE_CHECKING:
+    from nbeval.adapters.base import ModelAdapter
+    from nbeval.cache import Cache
+    from nbeval.runner import SuiteResult
+    from nbeval.scorers.base import Scorer
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,25 @@ class Suite(ABC):
     def spec(self, metric: str) -> MetricSpec | None:
         base = metric.split("/")[0]
         return next((m for m in self.metrics if m.name == base), None)
+
+
+class ContestSuite(Suite):
+    """A suite that rates models against each other (an arena) instead of scoring each alone: a run
+    with `model=[a,b,…]` hands it every model at once, and every other suite refuses such a run.
+    It makes its images and readings through the runner like any suite, so they come from the
+    shared cache, and its result may carry tables of its own (`SuiteResult.tables`)."""
+
+    def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
+        raise TypeError(f"suite {self.name!r} compares models: the run calls its contest(), not score()")
+
+    @abstractmethod
+    def contest(self, models: list[ModelAdapter], scorer_for: Callable[[str], Scorer], cache: Cache, n: int, seed: int, batch_size: int) -> SuiteResult:
+        """Every model on `n` samples, compared; the result's `generations` and `scores` hold every
+        model's rows (a `model` column tells them apart)."""
+
+    def contest_plots(self, result: SuiteResult) -> dict:
+        """Name → matplotlib Figure drawn from the whole result (its own tables too); none by default."""
+        return {}
 
 
 def wide_table(scores: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:

@@ -72,6 +72,7 @@ class MLflowTracker:
             "nbeval.kind": "run",
             "nbeval.model": res["model"]["name"],
             "nbeval.model_fingerprint": res["model"]["fingerprint"],
+            "nbeval.models": ",".join(m["name"] for m in res["models"]),
             "nbeval.suites": ",".join(suites),
             "nbeval.git_sha": res["git_sha"] or "unknown",
             "nbeval.n": str(res["n"]),
@@ -109,6 +110,8 @@ class MLflowTracker:
             mlflow.log_dict(rec, f"{name}/suite_results.json")
             table = r.scores.merge(r.samples[["sample_id", "prompt", "tags"]], on="sample_id", how="left")
             mlflow.log_table(table, artifact_file=f"{name}/scores_table.json")  # log_table appends: once per suite
+            for table_name, extra in r.tables.items():  # the suite's own tables, e.g. the arena's battles
+                mlflow.log_table(extra, artifact_file=f"{name}/{table_name}_table.json")
             mlflow.log_artifacts(str(out_dir / name), artifact_path=name)  # tables, sample grid, plots
 
 

@@ -48,3 +48,45 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     """The real `nbeval` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(NBEVAL + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# --- the arena: a real server on loopback, a real PostgreSQL ---------------------------------------
+
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+def need(program: str) -> str:
+    """Path of a system program a test needs. CI installs them all, so there a missing one fails;
+    elsewhere the test is skipped with the install command."""
+    from nbeval.arena.loadtest import postgres_program
+
+    path = postgres_program(program)
+    if path is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{program} is not installed (apt-get install chromium postgresql)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    from nbeval.arena.loadtest import throwaway_postgres
+
+    need("initdb")
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def arena_server(tmp_path):
+    """Start servers on demand: arena_server(db_url=None, **serve options) → ArenaServer (SQLite in
+    tmp_path by default); all are stopped at the end of the test."""
+    from nbeval.arena.loadtest import ArenaServer
+
+    servers = []
+
+    def start(db_url: str | None = None, **options) -> ArenaServer:
+        servers.append(ArenaServer(db_url or f"sqlite:///{tmp_path / 'arena.db'}", tmp_path, ADMIN_KEY, **options))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -1,0 +1,291 @@
+"""`nbeval arena serve`: the human judge. FastAPI with server-rendered pages.
+
+Voters sign in with an invite token and get a signed session cookie (HttpOnly, SameSite=Strict) that
+also carries their CSRF token; every form posts it back. A battle page shows the prompt and two
+images from per-battle random URLs, re-encoded blind (see `store.blind_png`); model names appear only
+on the reveal page, after the vote is committed. Admin endpoints (JSON, `Authorization: Bearer
+<admin key>`) create arenas, import generations, invite voters and export votes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from nbeval.arena import store
+from nbeval.arena.db import Voter, make_engine, make_sessions
+from nbeval.arena.ratings import leaderboard
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+SESSION_COOKIE, LOGIN_COOKIE = "nbeval_session", "nbeval_login"
+SESSION_MAX_AGE_S = 12 * 3600
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    db_url: str = "sqlite:///arena.db"
+    admin_key: str = ""  # required: admin endpoints refuse everything without it
+    votes_per_minute: int = 600  # per voter; a person needs far fewer, a script hammering is cut off
+    logins_per_minute: int = 30  # per client address: invite tokens cannot be brute-forced quickly
+    max_import_mb: int = 64
+
+
+class RateLimiter:
+    """Token bucket per key: `per_minute` sustained, bursts up to a tenth of that (at least 5)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate, self.burst = per_minute / 60, max(5, per_minute // 10)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: str) -> float:
+        """0 when the request may go ahead (and is counted), else seconds to wait."""
+        t = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, t))
+            tokens = min(self.burst, tokens + (t - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, t)
+                return 0.0
+            self._buckets[key] = (tokens, t)
+            return (1 - tokens) / self.rate
+
+
+class Refused(Exception):
+    def __init__(self, status: int, detail: str, headers: dict | None = None) -> None:
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+class ImportItem(BaseModel):
+    model: str = Field(min_length=1, max_length=200)
+    sample_id: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(max_length=10_000)
+    image_b64: str
+
+
+class ImportBody(BaseModel):
+    generations: list[ImportItem]
+
+
+class ArenaBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    sampling: str = "uncertainty"
+    image_size: int = 256
+
+
+class VotersBody(BaseModel):
+    names: list[str] = Field(min_length=1, max_length=10_000)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    if len(config.admin_key) < 16:
+        raise ValueError("the admin key must be at least 16 characters (set NBEVAL_ARENA_ADMIN_KEY)")
+    sessions = make_sessions(make_engine(config.db_url))
+    with sessions() as s:
+        secret = store.setting(s, "session_secret", lambda: secrets.token_urlsafe(32))
+    signer = URLSafeTimedSerializer(secret, salt="nbeval-arena-session")
+    login_signer = URLSafeTimedSerializer(secret, salt="nbeval-arena-login")
+    vote_limit, login_limit = RateLimiter(config.votes_per_minute), RateLimiter(config.logins_per_minute)
+    priorities = store.PairPriorities()
+    app = FastAPI(title="nbeval arena", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def db() -> Iterator[Session]:
+        with sessions() as s:
+            yield s
+
+    def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, name, ctx, status_code=status)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, e: Refused):
+        if request.url.path.startswith("/admin"):
+            return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+        return page(request, "error.html", e.status, detail=e.detail)
+
+    @app.exception_handler(store.ArenaError)
+    async def arena_error(request: Request, e: store.ArenaError):
+        return await refused(request, Refused(e.status, str(e)))
+
+    def session_of(request: Request) -> dict:
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw:
+            raise Refused(401, "please sign in with your invite token")
+        try:
+            data = signer.loads(raw, max_age=SESSION_MAX_AGE_S)
+        except BadSignature:
+            raise Refused(401, "your session is not valid; sign in again") from None
+        return data
+
+    def voter(request: Request, s: Session = Depends(db)) -> Voter:
+        v = s.get(Voter, session_of(request)["v"])
+        if v is None:
+            raise Refused(401, "unknown voter; sign in again")
+        return v
+
+    def check_csrf(request: Request, csrf: str) -> None:
+        if not hmac.compare_digest(session_of(request)["c"], csrf or ""):
+            raise Refused(403, "the form expired or did not come from this site; reload the page")
+
+    def admin(request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.admin_key}".encode()):
+            raise Refused(401, "admin key required", {"WWW-Authenticate": "Bearer"})
+
+    # --- voters ---------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def sign_in_page(request: Request):
+        nonce = secrets.token_urlsafe(16)
+        response = page(request, "login.html", csrf=nonce)
+        response.set_cookie(LOGIN_COOKIE, login_signer.dumps(nonce), max_age=3600, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/login")
+    def sign_in(request: Request, token: str = Form(...), csrf: str = Form(...), s: Session = Depends(db)):
+        wait = login_limit.retry_after(request.client.host if request.client else "?")
+        if wait:
+            raise Refused(429, "too many sign-in attempts; wait a minute", {"Retry-After": str(int(wait) + 1)})
+        try:
+            nonce = login_signer.loads(request.cookies.get(LOGIN_COOKIE, ""), max_age=3600)
+        except BadSignature:
+            raise Refused(403, "the sign-in form expired; reload the page") from None
+        if not hmac.compare_digest(nonce, csrf):
+            raise Refused(403, "the sign-in form did not come from this site; reload the page")
+        v = store.voter_for_token(s, token.strip())
+        if v is None:
+            raise Refused(401, "unknown invite token")
+        response = RedirectResponse("/battle", status_code=303)
+        response.set_cookie(SESSION_COOKIE, signer.dumps({"v": v.id, "c": secrets.token_urlsafe(16)}), max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict")
+        response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    @app.post("/logout")
+    def sign_out(request: Request, csrf: str = Form(...)):
+        check_csrf(request, csrf)
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @app.get("/battle", response_class=HTMLResponse)
+    def battle_page(request: Request, v: Voter = Depends(voter), s: Session = Depends(db)):
+        battle = store.next_battle(s, v, priorities, np.random.default_rng())
+        csrf = session_of(request)["c"]
+        if battle is None:
+            return page(request, "done.html", voter=v.name, csrf=csrf)
+        return page(request, "battle.html", battle=battle, prompt=store.prompt_of(s, battle), voter=v.name, csrf=csrf)
+
+    @app.post("/vote")
+    def vote(request: Request, battle_id: str = Form(..., max_length=64), winner: str = Form(..., max_length=16), csrf: str = Form(...), v: Voter = Depends(voter), s: Session = Depends(db)):
+        check_csrf(request, csrf)
+        wait = vote_limit.retry_after(str(v.id))
+        if wait:
+            raise Refused(429, "too many votes too fast; slow down", {"Retry-After": str(int(wait) + 1)})
+        store.record_vote(s, v, battle_id, winner)  # returns after the commit
+        return RedirectResponse(f"/reveal/{battle_id}", status_code=303)
+
+    @app.get("/reveal/{battle_id}", response_class=HTMLResponse)
+    def reveal(request: Request, battle_id: str, v: Voter = Depends(voter), s: Session = Depends(db)):
+        battle = store.battle_for_voter(s, v, battle_id)
+        cast = store.vote_of(s, v, battle.id)
+        if cast is None:
+            raise Refused(403, "vote on this battle first; the models are revealed after your vote")
+        model_a, model_b = store.models_of(s, battle)
+        return page(request, "reveal.html", battle=battle, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, winner=cast.winner, csrf=session_of(request)["c"])
+
+    @app.get("/i/{url_token}")
+    def image(url_token: str, v: Voter = Depends(voter), s: Session = Depends(db)):
+        png = store.image_for_url(s, url_token, v.arena_id)
+        if png is None:
+            raise Refused(404, "no such image")
+        return Response(png, media_type="image/png")
+
+    @app.get("/leaderboard", response_class=HTMLResponse)
+    def leaderboard_page(request: Request, v: Voter = Depends(voter), s: Session = Depends(db)):
+        arena = store.get_arena(s, v.arena_id)
+        votes = store.votes_frame(s, arena)
+        board, plot = None, None
+        if len(votes) and votes[["model_a", "model_b"]].stack().nunique() >= 2:
+            board = leaderboard(votes)
+            plot = _plot_data_uri(board)
+        return page(request, "leaderboard.html", arena=arena, board=board, plot=plot, n_votes=len(votes), csrf=session_of(request)["c"])
+
+    # --- admin ----------------------------------------------------------------------------------
+
+    @app.post("/admin/arenas", dependencies=[Depends(admin)])
+    def create_arena(body: ArenaBody, s: Session = Depends(db)):
+        arena = store.create_arena(s, body.name, body.sampling, body.image_size)
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "image_size": arena.image_size}
+
+    @app.get("/admin/arenas/{arena_id}", dependencies=[Depends(admin)])
+    def arena_status(arena_id: str, s: Session = Depends(db)):
+        arena = store.get_arena(s, arena_id)
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, **store.counts(s, arena)}
+
+    @app.post("/admin/arenas/{arena_id}/generations", dependencies=[Depends(admin)])
+    def import_generations(arena_id: str, body: ImportBody, s: Session = Depends(db)):
+        arena = store.get_arena(s, arena_id)
+        items = []
+        for g in body.generations:
+            try:
+                data = base64.b64decode(g.image_b64, validate=True)
+            except binascii.Error:
+                raise Refused(422, f"{g.model}/{g.sample_id}: image_b64 is not base64") from None
+            if len(data) > config.max_import_mb * 2**20:
+                raise Refused(413, f"{g.model}/{g.sample_id}: image larger than {config.max_import_mb} MB")
+            items.append(store.Generation(g.model, g.sample_id, g.prompt, data))
+        return store.import_generations(s, arena, items)
+
+    @app.post("/admin/arenas/{arena_id}/voters", dependencies=[Depends(admin)])
+    def invite(arena_id: str, body: VotersBody, s: Session = Depends(db)):
+        arena = store.get_arena(s, arena_id)
+        return {"voters": [{"name": n, "token": t} for n, t in store.invite(s, arena, body.names)]}
+
+    @app.get("/admin/arenas/{arena_id}/votes", dependencies=[Depends(admin)])
+    def export_votes(arena_id: str, format: str = "jsonl", s: Session = Depends(db)):
+        votes = store.votes_frame(s, store.get_arena(s, arena_id))
+        if format == "csv":
+            return PlainTextResponse(votes.to_csv(index=False), media_type="text/csv")
+        if format == "jsonl":
+            return PlainTextResponse(votes.to_json(orient="records", lines=True, date_format="iso"), media_type="application/x-ndjson")
+        raise Refused(422, "format must be jsonl or csv")
+
+    return app
+
+
+def _plot_data_uri(board) -> str:
+    from nbeval.arena.publish import plot_ratings
+    from nbeval.plots import plt
+
+    fig = plot_ratings(board)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,63 @@
+"""A person's path through the arena in a real browser: Debian's headless Chromium, driven by
+Playwright (its own browser download cannot work here). Sign in, vote on several battles, see each
+reveal, reach the leaderboard; then the votes are in the database."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+from conftest import need
+
+from nbeval.arena.loadtest import demo_generations
+
+MODELS = {"oracle": (None, 0), "oracle_dropped": ("drop", 3), "oracle_blurred": ("blur", 3)}
+
+
+@pytest.fixture
+def browser():
+    chromium = need("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.mark.slow
+def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, browser, tmp_path):
+    server = arena_server()
+    arena = server.admin.create_arena("browser")
+    server.admin.import_generations(arena, demo_generations(3, MODELS))  # 3 prompts × 3 pairs = 9 battles
+    token = server.admin.invite(arena, ["carol"])["carol"]
+
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.fill("#token", token)
+    page.click("#sign-in")
+    page.wait_for_url("**/battle")
+    choices = ["a", "b", "tie", "both_bad", "a"]
+    for choice in choices:
+        assert page.inner_text("#prompt")
+        for side in ("a", "b"):  # both images really loaded and decoded
+            assert page.eval_on_selector(f"#image-{side}", "img => img.complete && img.naturalWidth") == 256
+        assert not any(m in page.content() for m in MODELS)
+        page.click(f"#vote-{choice}")
+        page.wait_for_url("**/reveal/**")
+        revealed = {page.inner_text("#model-a"), page.inner_text("#model-b")}
+        assert len(revealed) == 2 and revealed <= set(MODELS)
+        assert "recorded" in page.inner_text("#your-vote")
+        page.click("#next")
+        page.wait_for_url("**/battle")
+    page.goto(server.url + "/leaderboard")
+    assert page.locator("#leaderboard tr").count() == 1 + len(MODELS)
+    assert page.eval_on_selector("#ratings-plot", "img => img.complete && img.naturalWidth") > 0
+    page.screenshot(path=str(tmp_path / "leaderboard.png"))
+    page.goto(server.url + "/battle")
+    page.screenshot(path=str(tmp_path / "battle.png"))
+
+    stored = pd.read_json(io.StringIO(server.admin.votes_jsonl(arena)), lines=True)
+    assert list(stored["winner"]) == choices and set(stored["voter"]) == {"carol"}
+    assert stored["battle_id"].is_unique

@@ -18,6 +18,9 @@ commands:
               nbeval run suite=arena model=[reference,reference_noplan]  (models against each other:
                                          an automatic judge, judge=suite|clip; ratings with CIs)
             `nbeval run --help` lists every config group and option.
+  report    tonight's run against its baseline: paired tests, verdicts, flips, plots → HTML + Markdown;
+              nbeval report run=latest baseline="tags.nbeval.baseline='true'"   (exit 0 ok, 1 regressed, 2 not comparable)
+  baseline  nbeval baseline set <run id|latest>   (promote a run to baseline)
   samples   write a suite's samples (ids, prompts) as JSONL, to generate images elsewhere:
               nbeval samples suite=[text_rendering] n=200 seed=0 --out prompts.jsonl
   arena     ratings from a battles file, and the blind voting web app (`nbeval arena --help`):
@@ -136,6 +139,7 @@ def _run_app() -> None:
             f = Path(hc.sweep.dir) / PARENT_RUN_FILE
             parent = f.read_text().strip() if f.exists() else None
         tags = {f"nbeval.choice.{k}": str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+        tags["nbeval.config"] = hc.job.config_name  # config or a preset such as nightly: report history compares like with like
         models = _listed_models(list(hc.overrides.task))
         if models:
             tags["nbeval.choice.model"] = ",".join(models)
@@ -211,14 +215,14 @@ ARENA_USAGE = """usage:
       the admin commands talk to a running server with NBEVAL_ARENA_ADMIN_KEY."""
 
 
-def _options(argv: list[str], allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:
-    """key=value arguments of an arena subcommand; exits with the usage on anything else."""
+def _options(argv: list[str], allowed: set[str], required: set[str] = frozenset(), usage: str = ARENA_USAGE) -> dict[str, str]:
+    """key=value arguments of a subcommand; exits with the usage on anything else."""
     bad = [a for a in argv if "=" not in a]
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
     unknown, missing = set(opts) - allowed, required - set(opts)
     if bad or unknown or missing:
         why = f"not key=value: {bad}" if bad else f"unknown options {', '.join(sorted(unknown))}" if unknown else f"{', '.join(sorted(missing))}= is required"
-        print(f"nbeval arena: {why}\n{ARENA_USAGE}", file=sys.stderr)
+        print(f"nbeval: {why}\n{usage}", file=sys.stderr)
         sys.exit(2)
     return opts
 
@@ -306,7 +310,59 @@ def _arena_cmd(argv: list[str]) -> None:
     subcommands[argv[0]](argv[1:])
 
 
-COMMANDS = {"samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
+def _tracking_uri() -> str:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+
+
+REPORT_USAGE = """usage: nbeval report run=<run id|latest> baseline=<run id|MLflow filter> [out=reports/out] [alpha=0.05]
+                     [history=30] [experiment=nbeval] [screenshot=auto|true|false]
+  e.g. nbeval report run=latest baseline="tags.nbeval.baseline='true'"
+  Writes <out>/<run id>/index.html and summary.md, logs them (and a browser screenshot) to the run.
+  Exit code: 0 no significant regression, 1 a significant regression, 2 the runs could not be compared."""
+
+
+def _report_cmd(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(REPORT_USAGE)
+        sys.exit(0)
+    from nbeval.report.build import build_report
+    from nbeval.report.load import ReportError
+
+    opts = _options(argv, {"run", "baseline", "out", "alpha", "history", "experiment", "screenshot"}, {"run", "baseline"}, REPORT_USAGE)
+    try:
+        status, out = build_report(opts["run"], opts["baseline"], Path(opts.get("out", "reports/out")), _tracking_uri(), opts.get("experiment", "nbeval"),
+                                   float(opts.get("alpha", 0.05)), int(opts.get("history", 30)), opts.get("screenshot", "auto"))
+    except ReportError as e:
+        print(f"nbeval report: {e}", file=sys.stderr)
+        sys.exit(2)
+    print((out / "summary.md").read_text())
+    print(f"report: {out / 'index.html'}")
+    sys.exit(status)
+
+
+def _baseline_cmd(argv: list[str]) -> None:
+    usage = "usage: nbeval baseline set <run id|latest> [experiment=nbeval]   (tags it nbeval.baseline=true)"
+    if len(argv) < 2 or argv[0] != "set":
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    import mlflow
+
+    from nbeval.report.load import ReportError, experiment_ids, resolve_run
+
+    opts = _options(argv[2:], {"experiment"}, usage=usage)
+    client = mlflow.MlflowClient(_tracking_uri())
+    try:
+        run_id = resolve_run(client, experiment_ids(client, opts.get("experiment", "nbeval")), argv[1])
+        client.set_tag(run_id, "nbeval.baseline", "true")
+    except (ReportError, mlflow.exceptions.MlflowException) as e:
+        print(f"nbeval baseline: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run {run_id} is now a baseline (tags.nbeval.baseline='true'); reports pick the newest such run before theirs")
+
+
+COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
 
 
 def main() -> None:

@@ -26,6 +26,9 @@ commands:
   arena     ratings from a battles file, and the blind voting web app (`nbeval arena --help`):
               nbeval arena leaderboard battles=<file.parquet|.jsonl|.csv> [out=DIR] [anchor=MODEL] …
               NBEVAL_ARENA_ADMIN_KEY=… nbeval arena serve [db=sqlite:///arena.db] [port=8000]
+  serve     a model as an OpenAI-compatible images API (/v1/images/generations, /v1/images/edits):
+              NBEVAL_API_KEY=… nbeval serve model=reference [host=127.0.0.1] [port=8000] [max_batch=1]
+              nbeval run model=openai_http model.base_url=http://127.0.0.1:8000/v1 suite=[counting]
   list      registered suites and the model, suite, scorer, judge and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
 
@@ -362,7 +365,14 @@ def _baseline_cmd(argv: list[str]) -> None:
     print(f"run {run_id} is now a baseline (tags.nbeval.baseline='true'); reports pick the newest such run before theirs")
 
 
-COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
+def _serve_cmd(argv: list[str]) -> None:
+    from nbeval.serve import main
+
+    main(argv)
+
+
+COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd,
+            "arena": _arena_cmd, "serve": _serve_cmd}
 
 
 def main() -> None:

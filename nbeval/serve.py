@@ -1,0 +1,454 @@
+"""`nbeval serve model=<any adapter>`: a model adapter behind an OpenAI-compatible images API.
+
+    NBEVAL_API_KEY=… nbeval serve model=reference [model.steps=4 …] [host=127.0.0.1] [port=8000]
+                               [max_batch=1] [batch_wait_ms=5] [max_queue=256] [key_env=NBEVAL_API_KEY]
+
+Endpoints (OpenAI's shapes; errors as `{"error": {"message", "type", "param", "code"}}`):
+- `POST /v1/images/generations` — JSON `model`, `prompt`, `n` (1–10), `size` ("256x256"; square only;
+  "auto" = 256), `response_format` (`b64_json` only: nothing is hosted), `user`; other OpenAI fields
+  (quality, style, …) are accepted, ignored and listed in the answer's `nbeval_ignored`.
+- `POST /v1/images/edits` — multipart `image` (or `image[]`; the last one is edited), `prompt`,
+  `model`, `n`, `size`, `response_format`; a `mask` is refused (no adapter here paints masks).
+- `GET /v1/models`, `GET /v1/models/{model}` — the served model, with `nbeval_fingerprint`;
+  `GET /health` — no key needed.
+
+nbeval's extensions (optional request fields; a plain OpenAI client sends none and still works):
+- `seed` (int): the adapter's seed; without it the server draws one and reports it. Image i of n
+  uses seed + i.
+- `nbeval_sample_id`: the adapter's sample id (the folder adapter finds files by it); default
+  `req-<hash of the request>`.
+- edits: `nbeval_turn`, `nbeval_prompt` (the conversation's first prompt) and
+  `nbeval_instructions` (JSON list of every instruction so far, the last one equal to `prompt`), so a
+  model with multi-turn context gets the conversation; without them the edit is a one-turn
+  conversation `prompt` on the image.
+- `nbeval_truth` (JSON object): the sample's ground truth. Never needed by a real model and never
+  sent by the client unless `send_truth=true`; it exists so that the oracle (which renders the truth)
+  and `reference_gtplan` can be served too. Without it they answer 422 per request.
+
+Every answer carries the served model's identity — `nbeval_model` {name, class, fingerprint,
+settings} and, per image, `nbeval` {seed, sample_id, turn, seconds} (header `X-Nbeval-Fingerprint`)
+— which the `openai_http` adapter stores as the generation's manifest. A model's failure on one
+request is a 422 (`model_error`, not retried by the client); a full queue is a 429 with Retry-After.
+
+The adapter is called from one worker thread, never concurrently. `max_batch=1` (default) gives
+each request its own adapter call, so an image depends only on its request: the reference model's
+numerics change slightly with batch size, so larger batches trade that bit-reproducibility for
+throughput (`benchmarks/results/openai_http.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
+from nbeval.cache import encode_png
+from nbeval.images import ImageError, load_image
+from nbeval.records import content_hash
+
+log = logging.getLogger("nbeval.serve")
+
+DEFAULT_KEY_ENV = "NBEVAL_API_KEY"
+DEFAULT_SIZE = 256
+MAX_SIZE = 2048
+MAX_N = 10
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    api_key: str = ""  # empty: no key needed (loopback, tests)
+    max_batch: int = 1  # requests the adapter gets in one call
+    batch_wait_ms: float = 5.0  # with max_batch > 1: how long the first request waits for company
+    max_queue: int = 256  # requests waiting per endpoint; beyond it, 429 with Retry-After
+    default_size: int = DEFAULT_SIZE
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param, self.headers = status, message, type_, code, param, headers or {}
+
+
+def _error_response(status: int, message: str, type_: str, code: str | None = None, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status, headers=headers)
+
+
+class GenerationBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(min_length=1, max_length=32_000)
+    model: str | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    size: str | None = None
+    response_format: str | None = None
+    user: str | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    nbeval_sample_id: str | None = Field(None, min_length=1, max_length=500)
+    nbeval_truth: dict | None = None
+
+
+def _size(value: str | None, default: int) -> int:
+    if value in (None, "", "auto"):
+        return default
+    try:
+        w, h = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise APIError(400, f"size must look like '256x256', got {value!r}", param="size") from None
+    if w != h:
+        raise APIError(400, f"only square sizes are served, got {value!r}", param="size")
+    if not 8 <= w <= MAX_SIZE:
+        raise APIError(400, f"size must be between 8x8 and {MAX_SIZE}x{MAX_SIZE}, got {value!r}", param="size")
+    return w
+
+
+def _check_format(value: str | None) -> None:
+    if value not in (None, "b64_json"):
+        raise APIError(400, f"response_format {value!r} is not served: only b64_json (nothing is hosted)", param="response_format")
+
+
+def _seed(value) -> int:
+    if value is None:
+        return int.from_bytes(os.urandom(4), "big")
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        raise APIError(400, f"seed must be an integer, got {value!r}", param="seed") from None
+    if not 0 <= seed < 2**63:
+        raise APIError(400, "seed must be in [0, 2**63)", param="seed")
+    return seed
+
+
+def _json_field(value, name: str, kind: type):
+    if value is None or isinstance(value, kind):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        raise APIError(400, f"{name} must be JSON", param=name) from None
+    if not isinstance(parsed, kind):
+        raise APIError(400, f"{name} must be a JSON {kind.__name__}", param=name)
+    return parsed
+
+
+class _Batcher:
+    """Requests of one kind queue here; one task takes up to `max_batch` of them at a time and runs
+    the adapter on the shared single worker thread."""
+
+    def __init__(self, fn: Callable[[list], list[GenResult]], executor: ThreadPoolExecutor, config: ServeConfig) -> None:
+        self.fn, self.executor, self.config = fn, executor, config
+        self.queue: asyncio.Queue | None = None
+
+    async def submit(self, request) -> GenResult:
+        if self.queue.qsize() >= self.config.max_queue:
+            raise APIError(429, "the server's queue is full; retry later", "rate_limit_error", "queue_full", headers={"Retry-After": "1"})
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((request, future))
+        return await future
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.config.batch_wait_ms / 1000
+            while len(batch) < self.config.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                if loop.time() >= deadline:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+                except TimeoutError:
+                    break
+            batch = [(r, f) for r, f in batch if not f.done()]  # a cancelled request needs no image
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, [r for r, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the adapter returned {len(results)} results for {len(batch)} requests")
+            except Exception as e:  # noqa: BLE001 — a failed call fails its requests, not the server
+                results = [GenResult(None, 0.0, f"{type(e).__name__}: {e}")] * len(batch)
+            for (_, f), res in zip(batch, results):
+                if not f.done():
+                    f.set_result(res)
+
+
+def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The API over an instantiated adapter."""
+    if config.max_batch < 1 or config.max_queue < 1:
+        raise ValueError("max_batch and max_queue must be at least 1")
+    identity = {"name": adapter.name, "class": f"{type(adapter).__module__}.{type(adapter).__qualname__}",
+                "fingerprint": adapter.fingerprint, "settings": adapter.settings()}
+    started = int(time.time())
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbeval-model")
+    batchers = {"generate": _Batcher(adapter.generate, executor, config)}
+    if "edit" in adapter.capabilities:
+        batchers["edit"] = _Batcher(adapter.edit, executor, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tasks = [asyncio.create_task(b.run()) for b in batchers.values()]
+        await asyncio.sleep(0)  # the queues exist before the first request
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title=f"nbeval serve: {adapter.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error_response(400, f"invalid request: {param or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error", None, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return _error_response(e.status_code, str(e.detail), "invalid_request_error" if e.status_code < 500 else "server_error")
+
+    def check_key(request: Request) -> None:
+        if not config.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
+            raise APIError(401, "missing or incorrect API key (Authorization: Bearer …)", "authentication_error", "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def check_model(name: str | None) -> None:
+        if name not in (None, "", adapter.name):
+            raise APIError(404, f"model {name!r} is not served here; this server serves {adapter.name!r}", "invalid_request_error", "model_not_found", "model")
+
+    def model_card() -> dict:
+        return {"id": adapter.name, "object": "model", "created": started, "owned_by": "nbeval",
+                "nbeval_fingerprint": identity["fingerprint"], "nbeval_class": identity["class"],
+                "nbeval_capabilities": sorted(adapter.capabilities)}
+
+    def encode(img) -> str:
+        return base64.b64encode(encode_png(img.convert("RGB"))).decode("ascii")
+
+    async def answer(kind: str, requests: list, size: int, ignored: list[str]) -> JSONResponse:
+        results = await asyncio.gather(*(batchers[kind].submit(r) for r in requests))
+        for r, res in zip(requests, results):
+            log.info("%s sample_id=%s seed=%d turn=%d seconds=%.3f %s", kind, r.sample_id, r.seed, getattr(r, "turn", 0), res.seconds,
+                     "ok" if res.image is not None else f"error={res.error}")
+        failed = next((res for res in results if res.image is None), None)
+        if failed is not None:
+            raise APIError(422, f"the model failed on this request: {failed.error or 'no image'}", "model_error", "generation_failed")
+        images = await run_in_threadpool(lambda: [encode(res.image) for res in results])
+        data = [{"b64_json": b64, "nbeval": {"seed": r.seed, "sample_id": r.sample_id, "turn": getattr(r, "turn", 0), "seconds": res.seconds, "manifest": res.manifest}}
+                for r, res, b64 in zip(requests, results, images)]
+        body = {"created": int(time.time()), "data": data, "output_format": "png", "size": f"{size}x{size}", "nbeval_model": identity}
+        if ignored:
+            body["nbeval_ignored"] = ignored
+        return JSONResponse(body, headers={"X-Nbeval-Fingerprint": identity["fingerprint"]})
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": adapter.name, "fingerprint": identity["fingerprint"]}
+
+    @app.get("/v1/models")
+    def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    def one_model(name: str, request: Request):
+        check_key(request)
+        check_model(name)
+        return model_card()
+
+    @app.post("/v1/images/generations")
+    async def generations(body: GenerationBody, request: Request):
+        check_key(request)
+        check_model(body.model)
+        _check_format(body.response_format)
+        size, seed = _size(body.size, config.default_size), _seed(body.seed)
+        sample_id = body.nbeval_sample_id or "req-" + content_hash([body.prompt, seed, size])[:16]
+        reqs = [GenRequest(sample_id if body.n == 1 else f"{sample_id}-{i}", body.prompt, seed + i, size, body.nbeval_truth or {}) for i in range(body.n)]
+        return await answer("generate", reqs, size, sorted(body.model_extra or {}))
+
+    @app.post("/v1/images/edits")
+    async def edits(request: Request):
+        check_key(request)
+        if "edit" not in batchers:
+            raise APIError(400, f"model {adapter.name!r} cannot edit images", code="unsupported_operation")
+        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
+            raise APIError(413, f"request larger than {MAX_UPLOAD_BYTES} bytes", code="request_too_large")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise APIError(400, "edits are multipart/form-data (image file + prompt)")
+        async with request.form(max_files=16, max_fields=64, max_part_size=MAX_UPLOAD_BYTES) as form:
+            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            uploads = [v for k, v in form.multi_items() if k in ("image", "image[]") and not isinstance(v, str)]
+            if any(k == "mask" for k, _ in form.multi_items()):
+                raise APIError(400, "masks are not supported by nbeval's adapters", param="mask")
+            if not uploads:
+                raise APIError(400, "an image file is required (field 'image')", param="image")
+            blobs = [await u.read() for u in uploads]
+        check_model(fields.get("model"))
+        _check_format(fields.get("response_format"))
+        prompt = fields.get("prompt", "")
+        if not prompt:
+            raise APIError(400, "prompt is required", param="prompt")
+        try:
+            n = int(fields.get("n", 1))
+        except ValueError:
+            raise APIError(400, "n must be an integer", param="n") from None
+        if not 1 <= n <= MAX_N:
+            raise APIError(400, f"n must be between 1 and {MAX_N}", param="n")
+        size, seed = _size(fields.get("size"), config.default_size), _seed(fields.get("seed"))
+        try:
+            images = tuple(await run_in_threadpool(lambda: [load_image(b) for b in blobs]))
+        except ImageError as e:
+            raise APIError(400, f"image: {e}", param="image") from None
+        instructions = _json_field(fields.get("nbeval_instructions"), "nbeval_instructions", list) or [prompt]
+        if not all(isinstance(i, str) for i in instructions) or instructions[-1] != prompt:
+            raise APIError(400, "nbeval_instructions must be a list of strings ending with the prompt", param="nbeval_instructions")
+        truth = _json_field(fields.get("nbeval_truth"), "nbeval_truth", dict) or {}
+        try:
+            turn = int(fields.get("nbeval_turn", len(instructions)))
+        except ValueError:
+            raise APIError(400, "nbeval_turn must be an integer", param="nbeval_turn") from None
+        first = fields.get("nbeval_prompt") or prompt
+        sample_id = fields.get("nbeval_sample_id") or "req-" + content_hash([first, instructions, seed, size, [hashlib.sha256(b).hexdigest() for b in blobs]])[:16]
+        reqs = [EditRequest(sample_id if n == 1 else f"{sample_id}-{i}", turn, first, tuple(instructions), images, seed + i, size, truth) for i in range(n)]
+        known = {"image", "image[]", "prompt", "model", "n", "size", "response_format", "user", "seed",
+                 "nbeval_sample_id", "nbeval_turn", "nbeval_prompt", "nbeval_instructions", "nbeval_truth"}
+        return await answer("edit", reqs, size, sorted(set(fields) - known))
+
+    return app
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+SERVE_USAGE = """usage: nbeval serve model=<config> [model.<key>=… and other Hydra overrides]
+                    [host=127.0.0.1] [port=8000] [max_batch=1] [batch_wait_ms=5] [max_queue=256]
+                    [key_env=NBEVAL_API_KEY] [log_level=warning]   (uvicorn's own log)
+Serves the model as an OpenAI-compatible images API (POST /v1/images/generations, /v1/images/edits).
+If the environment variable named by key_env is set, every request needs `Authorization: Bearer <it>`.
+Then: nbeval run model=openai_http model.base_url=http://HOST:PORT/v1 model.model=<served name> …"""
+
+SERVE_OPTIONS = {"host", "port", "max_batch", "batch_wait_ms", "max_queue", "key_env", "log_level"}
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(SERVE_USAGE)
+        return
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        print(f"nbeval serve: not key=value: {bad}\n{SERVE_USAGE}", file=sys.stderr)
+        sys.exit(2)
+    opts = {k: v for k, v in (a.split("=", 1) for a in argv) if k in SERVE_OPTIONS}
+    overrides = [a for a in argv if a.split("=", 1)[0] not in SERVE_OPTIONS]
+    import uvicorn
+    from hydra.utils import instantiate
+
+    from nbeval.cli import _compose
+
+    key_env = opts.get("key_env", DEFAULT_KEY_ENV)
+    try:
+        config = ServeConfig(api_key=os.environ.get(key_env, ""), max_batch=int(opts.get("max_batch", 1)),
+                             batch_wait_ms=float(opts.get("batch_wait_ms", 5)), max_queue=int(opts.get("max_queue", 256)))
+        adapter = instantiate(_compose(overrides).model)
+        app = create_app(adapter, config)
+    except Exception as e:  # noqa: BLE001 — a bad config is a message, not a traceback
+        print(f"nbeval serve: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+    host, port = opts.get("host", "127.0.0.1"), int(opts.get("port", 8000))
+    log.info("serving %s (fingerprint %s) at http://%s:%d/v1 (key %s, max_batch %d)", adapter.name, adapter.fingerprint, host, port,
+             f"required, from ${key_env}" if config.api_key else "not required", config.max_batch)
+    uvicorn.run(app, host=host, port=port, server_header=False, log_level=opts.get("log_level", "warning"))
+
+
+class ServeProcess:
+    """`nbeval serve` in a subprocess, for tests and benchmarks: start(), stop() (SIGTERM), kill()
+    (SIGKILL, as a crash), and start() again on the same port. Its log is `log_path`."""
+
+    def __init__(self, args: list[str], workdir: Path, port: int | None = None, env: dict | None = None) -> None:
+        from nbeval.arena.loadtest import free_port
+
+        self.args, self.workdir, self.env = list(args), Path(workdir), env or {}
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+        self.lives = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"serve-{self.port}-{self.lives}.log"
+
+    def start(self, timeout: float = 120) -> ServeProcess:
+        import httpx
+
+        self.lives += 1
+        with self.log_path.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "nbeval.cli", "serve", *self.args, f"port={self.port}"], cwd=self.workdir,
+                                         env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nbeval serve exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"nbeval serve did not answer within {timeout} s")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> list[str]:
+        """Every life's log, oldest first."""
+        return [(self.workdir / f"serve-{self.port}-{i}.log").read_text() for i in range(1, self.lives + 1)]
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

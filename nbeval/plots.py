@@ -30,4 +30,21 @@ def bar_with_ci(ax: Axes, estimates: dict[str, Estimate], title: str, ylim: tupl
     ax.tick_params(axis="x", labelrotation=30)
 
 
-__all__ = ["bar_with_ci", "plt"]
+def png_data_uri(png: bytes) -> str:
+    """An image as a data: URI, so an HTML page can embed it and stay a single file."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def figure_data_uri(fig, dpi: int = 90) -> str:
+    """A figure as an embedded PNG; closes it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return png_data_uri(buf.getvalue())
+
+
+__all__ = ["bar_with_ci", "figure_data_uri", "plt", "png_data_uri"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import secrets
 import threading
 import time
@@ -30,7 +29,9 @@ from sqlalchemy.orm import Session
 
 from nbeval.arena import store
 from nbeval.arena.db import Voter, make_engine, make_sessions
+from nbeval.arena.publish import plot_ratings
 from nbeval.arena.ratings import leaderboard
+from nbeval.plots import figure_data_uri
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 SESSION_COOKIE, LOGIN_COOKIE = "nbeval_session", "nbeval_login"
@@ -234,7 +235,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         board, plot = None, None
         if len(votes) and votes[["model_a", "model_b"]].stack().nunique() >= 2:
             board = leaderboard(votes)
-            plot = _plot_data_uri(board)
+            plot = figure_data_uri(plot_ratings(board))
         return page(request, "leaderboard.html", arena=arena, board=board, plot=plot, n_votes=len(votes), csrf=session_of(request)["c"])
 
     # --- admin ----------------------------------------------------------------------------------
@@ -278,14 +279,3 @@ def create_app(config: ServerConfig) -> FastAPI:
         raise Refused(422, "format must be jsonl or csv")
 
     return app
-
-
-def _plot_data_uri(board) -> str:
-    from nbeval.arena.publish import plot_ratings
-    from nbeval.plots import plt
-
-    fig = plot_ratings(board)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

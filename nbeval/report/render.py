@@ -3,7 +3,6 @@ from the Jinja2 templates in `reports/` (installed as `nbeval.reports`)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import io
 from dataclasses import dataclass
@@ -13,23 +12,11 @@ from pathlib import Path
 from PIL import Image
 
 from nbeval.cache import Cache
+from nbeval.plots import figure_data_uri, png_data_uri
 from nbeval.report.compare import IMPROVED, REGRESSED, SuiteComparison
 from nbeval.report.load import RUN_FILTER, RunData
 
 GALLERY_PER_DIRECTION = 8
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def figure_uri(fig) -> str:
-    from nbeval.plots import plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return data_uri(buf.getvalue())
 
 
 def _image_uri(cache: Cache, sha: str | None, side: int = 160) -> str | None:
@@ -42,7 +29,7 @@ def _image_uri(cache: Cache, sha: str | None, side: int = 160) -> str | None:
     img = img.convert("RGB").resize((side, side), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return data_uri(buf.getvalue())
+    return png_data_uri(buf.getvalue())
 
 
 @dataclass
@@ -112,7 +99,7 @@ def history_plots(client, exp_ids: list[str], tonight: RunData, comparisons: lis
             ax.set_xticks(x[:: max(1, len(x) // 4)], [when[i].strftime("%m-%d %H:%M") for i in x[:: max(1, len(x) // 4)]], fontsize=7, rotation=20)
         fig.suptitle(f"{sc.suite}: last {len(runs)} runs of {model}", fontsize=10)
         fig.tight_layout()
-        out[sc.suite] = figure_uri(fig)
+        out[sc.suite] = figure_data_uri(fig)
     return out
 
 
@@ -141,7 +128,7 @@ def write_report(out: Path, context: dict) -> tuple[Path, Path]:
 def suite_plots(run: RunData) -> dict[str, dict[str, str]]:
     """suite → plot name → data URI: the plots the suites drew for tonight's run (drift curves,
     count confusion matrix, CER by length, arena ratings …)."""
-    return {name: {p: data_uri(path.read_bytes()) for p, path in s.plots.items()} for name, s in run.suites.items()}
+    return {name: {p: png_data_uri(path.read_bytes()) for p, path in s.plots.items()} for name, s in run.suites.items()}
 
 
 VERDICT_MARK = {REGRESSED: "▼ regressed", IMPROVED: "▲ improved"}

@@ -29,10 +29,16 @@ commands:
   serve     a model as an OpenAI-compatible images API (/v1/images/generations, /v1/images/edits):
               NBEVAL_API_KEY=… nbeval serve model=reference [host=127.0.0.1] [port=8000] [max_batch=1]
               nbeval run model=openai_http model.base_url=http://127.0.0.1:8000/v1 suite=[counting]
+  merge     assemble the shards of a sharded run into one run (same tables, metrics and CIs as unsharded):
+              nbeval run -m suite.shard=0/4,1/4,2/4,3/4 suite=[counting] hydra.sweep.dir=multirun/c4
+              nbeval merge multirun/c4 [out=DIR] [cache_dir=DIR] [mlflow=false]      (`nbeval merge --help`)
   list      registered suites and the model, suite, scorer, judge and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
+  sync      upload the runs kept locally while the tracking server was down (folders marked PENDING_SYNC):
+              nbeval sync [DIR…] [--uri URI] [--dry-run]      (default: ./outputs and ./multirun)
 
-Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db);
+Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db), or a team's
+MLflow server: MLFLOW_TRACKING_URI=http://host:5000 (README: "Shared tracking");
 then: mlflow ui --backend-store-uri sqlite:///mlflow.db
 """
 
@@ -68,8 +74,10 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
     from nbeval.registry import load
     from nbeval.results import build_results, summary_markdown, write_run
     from nbeval.runner import score_suite
+    from nbeval.sharding import parse_shard, suite_configs
     from nbeval.suite import ContestSuite
 
+    shard = parse_shard(cfg.suite.get("shard"), cfg.n)  # `suite.shard=i/k`: this job's block of every suite's samples
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     if models:  # cfg.model is Hydra's merge of the listed configs: record each model's own instead
@@ -77,9 +85,11 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
         container["models"] = {k: OmegaConf.to_container(m, resolve=True) for k, m in models.items()}
     adapters = [instantiate(m) for m in (models.values() if models else [cfg.model])]
     suites = {}
-    for name, scfg in cfg.suite.items():
+    for name, scfg in suite_configs(cfg.suite).items():
         suites[name] = instantiate(scfg) if "_target_" in scfg else load(name)(**scfg)
         _check_models(name, suites[name], adapters)
+        if shard and isinstance(suites[name], ContestSuite):
+            raise ValueError(f"suite {name!r} compares models and cannot be sharded (suite.shard={shard[0]}/{shard[1]}); run it whole")
     scorers: dict = {}
 
     def scorer_for(role: str):
@@ -93,10 +103,13 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
     out_dir.mkdir(parents=True, exist_ok=True)
     results = [
         s.contest(adapters, scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size) if isinstance(s, ContestSuite)
-        else score_suite(s, adapters[0], scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size)
+        else score_suite(s, adapters[0], scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size, shard)
         for s in suites.values()
     ]
     res = build_results(container, adapters, scorers, results, out_dir)
+    if shard:  # a part of a run: `nbeval merge` assembles the parts (and reuses the run's tags for the whole)
+        res["shard"] = {"index": shard[0], "count": shard[1], "spec": f"{shard[0]}/{shard[1]}", "tags": dict(extra_tags or {})}
+        extra_tags = {**(extra_tags or {}), "nbeval.kind": "shard", "nbeval.shard": res["shard"]["spec"]}
     write_run(res, results, cache, out_dir)
     print(summary_markdown(res, suites), flush=True)
     for r in results:
@@ -104,9 +117,13 @@ def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: d
             log.warning("%s: %d failed generations, %d failed scores (see the tables' error column)", r.suite.name, r.n_failed_generations, r.n_failed_scores)
     if cfg.get("tracking"):
         tracker = instantiate(cfg.tracking)
-        res["mlflow_run_id"] = tracker.log_run(res, results, out_dir, parent_run_id=parent_run_id, tags=extra_tags)
-        (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
-        print(f"MLflow run {res['mlflow_run_id']} at {tracker.uri}", flush=True)
+        run_id = tracker.log_or_keep(res, results, out_dir, parent_run_id=parent_run_id, tags=extra_tags)
+        if run_id:
+            res["mlflow_run_id"] = run_id
+            (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
+            print(f"MLflow run {run_id} at {tracker.target()}", flush=True)
+        else:  # the store is down: the run is complete here, marked PENDING_SYNC; exit 0, the evaluation succeeded
+            print(f"MLflow: not logged ({tracker.target()} failed; see the warning); the run is kept for: nbeval sync {out_dir}", flush=True)
     print(f"run folder: {out_dir}", flush=True)
     return res
 
@@ -142,6 +159,8 @@ def _run_app() -> None:
             f = Path(hc.sweep.dir) / PARENT_RUN_FILE
             parent = f.read_text().strip() if f.exists() else None
         tags = {f"nbeval.choice.{k}": str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+        if hc.mode == RunMode.MULTIRUN:  # `nbeval sync` nests a job under a parent it makes later (the store was down)
+            tags["nbeval.sweep_dir"] = str(Path(hc.sweep.dir).resolve())
         tags["nbeval.config"] = hc.job.config_name  # config or a preset such as nightly: report history compares like with like
         models = _listed_models(list(hc.overrides.task))
         if models:
@@ -166,11 +185,16 @@ def _samples_cmd(argv: list[str]) -> None:
     args = p.parse_args(argv)
     from hydra.utils import instantiate
 
+    from nbeval.runner import shard_block
+    from nbeval.sharding import parse_shard, suite_configs
+
     cfg = _compose(args.overrides)
     n_written = 0
+    shard = parse_shard(cfg.suite.get("shard"), cfg.n)
     with open(args.out, "w") as f:
-        for scfg in cfg.suite.values():
-            for s in instantiate(scfg).samples(cfg.n, cfg.seed):
+        for scfg in suite_configs(cfg.suite).values():
+            samples = instantiate(scfg).samples(cfg.n, cfg.seed)
+            for s in samples[shard_block(len(samples), *shard, unit=cfg.batch_size)] if shard else samples:
                 row = {"id": s.id, "suite": s.suite, "prompt": s.prompt, "turns": list(s.turns), "seed": s.seed, "tags": s.tags}
                 if args.truth:
                     row["truth"] = list(s.truth)
@@ -365,14 +389,8 @@ def _baseline_cmd(argv: list[str]) -> None:
     print(f"run {run_id} is now a baseline (tags.nbeval.baseline='true'); reports pick the newest such run before theirs")
 
 
-def _serve_cmd(argv: list[str]) -> None:
-    from nbeval.serve import main
-
-    main(argv)
-
-
-COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd,
-            "arena": _arena_cmd, "serve": _serve_cmd}
+COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
+MODULE_COMMANDS = {"serve": "nbeval.serve", "merge": "nbeval.sharding", "sync": "nbeval.sync"}  # each module's main(argv), imported on use
 
 
 def main() -> None:
@@ -386,6 +404,10 @@ def main() -> None:
         _run_app()
     elif cmd in COMMANDS:
         COMMANDS[cmd](rest)
+    elif cmd in MODULE_COMMANDS:
+        import importlib
+
+        importlib.import_module(MODULE_COMMANDS[cmd]).main(rest)
     else:
         print(f"nbeval: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

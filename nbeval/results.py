@@ -15,6 +15,10 @@ results.json (schema_version 1) holds:
   scores and the suite's own, e.g. the arena's battles and leaderboard), and `metrics`:
   metric → {`value`, `ci_low`, `ci_high`, `n`, `method` ("wilson" | "bootstrap"), `higher_is_better`
   (true, false, or null when closer to zero is better)}.
+- `shard` (only in a shard of a sharded run, `suite.shard=i/k`): `index`, `count`, `spec` ("i/k") and
+  `tags` (the run's MLflow tags, for the merged run); its suites hold block i of k of the samples;
+- `merged_from` (only in a run made by `nbeval merge`): one `{shard, run_dir, mlflow_run_id, git_sha,
+  created_at}` per shard; `seconds` and `cached_readings` are then sums over the shards.
 Metric names follow MLflow's: `<suite>/<metric>` there, `suites.<suite>.metrics.<metric>` here.
 """
 

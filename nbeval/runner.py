@@ -155,6 +155,19 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
     return out, len(items) - len(pending)  # type: ignore[return-value]
 
 
+def shard_block(n_items: int, index: int, count: int, unit: int = 1) -> slice:
+    """Shard `index` of `count` (`suite.shard=index/count`): a contiguous block of the full sample
+    list. Suites stratify their samples round robin (counts 1–8, text tiers), so a block is a
+    representative mini-run, where every count-th sample would not be. Blocks are whole batches of
+    `unit` (the run's batch_size), within one batch of each other in size, so that each image is
+    generated and read in the same batch as in an unsharded run (a model's or scorer's output may
+    depend on its batch); with fewer batches than shards, blocks of single samples."""
+    units = -(-n_items // unit)
+    if units < count:
+        unit, units = 1, n_items
+    return slice(min(index * units // count * unit, n_items), min((index + 1) * units // count * unit, n_items))
+
+
 def score_suite(
     suite: Suite,
     model: ModelAdapter,
@@ -163,9 +176,14 @@ def score_suite(
     n: int,
     seed: int,
     batch_size: int,
+    shard: tuple[int, int] | None = None,
 ) -> SuiteResult:
+    """The suite's `samples(n, seed)` — or, given `shard=(i, k)`, block i of k of them — generated,
+    read, scored and aggregated."""
     t0 = time.perf_counter()
     samples = suite.samples(n, seed)
+    if shard is not None:
+        samples = samples[shard_block(len(samples), *shard, unit=batch_size)]
     t1 = time.perf_counter()
     gens = generate(model, suite, samples, suite.image_size, cache, batch_size)
     t2 = time.perf_counter()

@@ -5,6 +5,7 @@ calls and the caching, so every suite gets batching and resume for free."""
 from __future__ import annotations
 
 import json
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from PIL import Image
 
-from nbeval.records import Sample, Score
+from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, proportion
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Suite(ABC):
     @abstractmethod
     def samples(self, n: int, seed: int) -> list[Sample]:
         """`n` samples, a pure function of (params, n, seed)."""
+
+    def sample_rng(self, seed: int, i: int) -> random.Random:
+        """Sample i's own generator: it depends on the suite, its params, the seed and i only, so a
+        sample never changes when n does (and shards draw exactly the unsharded run's samples)."""
+        return random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
 
     def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
         """The scorer roles that read this turn's image (all of them unless a suite knows better)."""

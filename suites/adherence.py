@@ -11,12 +11,11 @@ them only between runs that used the same weights (the scorer card names them an
 from __future__ import annotations
 
 import json
-import random
 
 import pandas as pd
 
 from nbeval.plots import bar_with_ci, plt
-from nbeval.records import Sample, Score, canonical_json
+from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
 from nbeval.world.prompts import capitalise
@@ -50,7 +49,7 @@ class AdherenceSuite(Suite):
     def samples(self, n: int, seed: int) -> list[Sample]:
         out = []
         for i in range(n):
-            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            rng = self.sample_rng(seed, i)
             kind = CLAIM_TYPES[i % len(CLAIM_TYPES)]
             claim = random_claim(rng, relation=kind == "relation", max_count=self.max_count, groups={"single": 1, "pair": 2}.get(kind))
             caption = claim.caption()

@@ -12,13 +12,12 @@ Requested counts 1–8 are stratified (round robin) and alternate between one ki
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pandas as pd
 
 from nbeval.plots import bar_with_ci, plt
-from nbeval.records import Sample, Score, canonical_json
+from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, proportion
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
 from nbeval.world import COLOURS, SHAPE_KINDS, Scene, place_shapes, scene_prompt
@@ -52,7 +51,7 @@ class CountingSuite(Suite):
     def samples(self, n: int, seed: int) -> list[Sample]:
         out = []
         for i in range(n):
-            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            rng = self.sample_rng(seed, i)
             count = i % self.max_count + 1
             two_kinds = (i // self.max_count) % 2 == 1
             kinds = rng.sample(SHAPE_KINDS, 2 if two_kinds else 1)

@@ -15,7 +15,6 @@ Cosines depend on the backbone: compare them only between runs with the same ide
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 
 import numpy as np
@@ -74,7 +73,7 @@ class IdentitySuite(Suite):
     def samples(self, n: int, seed: int) -> list[Sample]:
         out = []
         for i in range(n):
-            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            rng = self.sample_rng(seed, i)
             ident = random_identity(rng)
             reference = Scene(characters=(Character(ident, "medium", 0.5, 0.55).to_dict(),))
             truth, turns, prev = [], [], None

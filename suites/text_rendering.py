@@ -13,7 +13,7 @@ import random
 import pandas as pd
 
 from nbeval.plots import bar_with_ci, plt
-from nbeval.records import Sample, Score, canonical_json
+from nbeval.records import Sample, Score
 from nbeval.stats import Estimate
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
 from nbeval.textmetrics import compare, normalise
@@ -60,7 +60,7 @@ class TextRenderingSuite(Suite):
     def samples(self, n: int, seed: int) -> list[Sample]:
         out = []
         for i in range(n):
-            rng = random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+            rng = self.sample_rng(seed, i)
             tier = self.tiers[i % len(self.tiers)]
             text = _text_for(tier, rng)
             word = fit_text(rng, text, rng.uniform(*(self.small_height if tier == "small" else self.height)))

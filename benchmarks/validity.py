@@ -35,14 +35,17 @@ def main() -> None:
     suite = instantiate(cfg.suite[args.suite])
     scorers = {role: instantiate(cfg.scorer[role]) for role in suite.scorers}
     cache = Cache(args.cache or tempfile.mkdtemp(prefix="nbeval-validity-"))
-    metrics = args.metrics or [m.name for m in suite.metrics if m.name not in ("off_by_k", "pairwise")]
+    own = [m.name for m in suite.metrics if m.name not in ("off_by_k", "pairwise")]
+    metrics: list[str] = []
     lines = [f"# Validity of `{args.suite}` scorers on the oracle (n={args.n}, seed={args.seed})", ""]
-    lines += ["| corruption | severity | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     t0 = time.time()
     for corruption in [None, *args.corruptions]:
         for sev in [0] if corruption is None else range(1, MAX_SEVERITY + 1):
             model = OracleAdapter(corruption=corruption, severity=sev)
             r = score_suite(suite, model, scorers.__getitem__, cache, args.n, args.seed, 16)
+            if not metrics:  # known after the first run: some of a suite's metrics need optional weights (drift's LPIPS)
+                metrics = args.metrics or [m for m in own if m in r.metrics]
+                lines += ["| corruption | severity | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
             cells = [f"{r.metrics[m].value:.3f} [{r.metrics[m].ci_low:.2f}, {r.metrics[m].ci_high:.2f}]" for m in metrics]
             lines.append(f"| {corruption or 'clean'} | {sev} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,42 @@ def content_hash(obj: Any) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """What weights are identified by: the bytes, not the path."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """What weights are identified by: the bytes, not the path (read streaming: weights can be GBs)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+SKIP_SUFFIXES = frozenset({".md", ".png", ".jpg", ".jpeg", ".gif", ".webp"})  # docs and sample images: no effect on outputs
+
+
+def _weight_files(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file of a weights folder that can change outputs."""
+    out = []
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for f in files:
+            p = Path(d) / f
+            if f.startswith(".") or p.suffix.lower() in SKIP_SUFFIXES:
+                continue
+            st = p.stat()
+            out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+@lru_cache(maxsize=32)
+def _hash_files(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for rel, _, _ in files:
+        h.update(f"{rel}\0{sha256_file(Path(root) / rel)}\n".encode())
+    return h.hexdigest()
+
+
+def folder_sha256(path: str | os.PathLike) -> str:
+    """What a weights folder (a diffusers pipeline, a transformers model) is identified by: sha256 over
+    (relative path, sha256 of content) of its files, hidden files, *.md and images left out; computed
+    once per process for the same files (same sizes and modification times). The path is not in it."""
+    root = Path(path).resolve()
+    return _hash_files(str(root), tuple(_weight_files(root)))
 
 
 @dataclass(frozen=True)

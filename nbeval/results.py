@@ -41,7 +41,7 @@ from nbeval.suite import ContestSuite
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
-_PACKAGES = ("nbeval", "torch", "easyocr", "open_clip_torch", "numpy", "pandas", "pillow", "hydra-core", "mlflow", "scipy")
+_PACKAGES = ("nbeval", "torch", "easyocr", "open_clip_torch", "transformers", "numpy", "pandas", "pillow", "hydra-core", "mlflow", "scipy")
 
 
 def package_versions() -> dict[str, str]:

@@ -12,7 +12,9 @@ colour, overall and in the named region — a centre within 0.02 of a region bor
 truth and reading alike — or OCR of the new text), `preservation_*` (masked SSIM/PSNR
 against the true turn-0 image, outside every region any edit of the chain may change: the same
 pixels at every turn) and
-`fidelity_*` (against the true image of that turn, outside this turn's edit region). Per chain:
+`fidelity_*` (against the true image of that turn, outside this turn's edit region); both get
+`_lpips` too (and chains `drift_slope_lpips`) when the pixels scorer has LPIPS weights (lower = more
+similar). Per chain:
 `drift_slope` (OLS slope of preservation SSIM over turns), `drift_auc` (mean preservation over the
 chain, trapezoid rule), `turns_to_failure` (edits that succeed, keeping preservation ≥
 `min_preservation`, before the first that does not). Chain-level means are bootstrapped over chains
@@ -41,7 +43,8 @@ from nbeval.world.layout import word_box
 from nbeval.world.prompts import N_PHRASINGS, position_phrase
 
 PROTOCOLS = {"iterative": "drift", "ground_truth": "drift_gt"}
-PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "fidelity_ssim", "fidelity_psnr")
+PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips")
+PIXEL_METRICS = ("ssim", "psnr", "lpips")  # lpips only in readings of a pixels scorer given LPIPS weights
 
 
 def _start_scene(rng: random.Random) -> Scene:
@@ -103,6 +106,10 @@ class DriftSuite(Suite):
         MetricSpec("fidelity_ssim", True, "masked SSIM vs the true image of the turn, outside this turn's edit region"),
         MetricSpec("fidelity_psnr", True, "masked PSNR (dB, capped) vs the true image of the turn, same mask"),
         MetricSpec("drift_slope_psnr", True, "per-chain OLS slope of preservation PSNR over turns (dB per turn)"),
+        # Only with LPIPS on (scorer.pixels.lpips.weights): absent from runs without it.
+        MetricSpec("preservation_lpips", False, "masked LPIPS vs the true turn-0 image, same mask as preservation_ssim"),
+        MetricSpec("fidelity_lpips", False, "masked LPIPS vs the true image of the turn, same mask as fidelity_ssim"),
+        MetricSpec("drift_slope_lpips", False, "per-chain OLS slope of preservation LPIPS over turns (0 = no drift)"),
     )
     headline = ("drift_slope", "edit_success", "preservation_ssim")
 
@@ -201,7 +208,7 @@ class DriftSuite(Suite):
         rows = []
         for name, reading in readings["pixels"].items():
             detail = json.dumps({"kept": reading["kept"]})
-            rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in ("ssim", "psnr") if reading[m] is not None]
+            rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in PIXEL_METRICS if reading.get(m) is not None]
         if turn:
             value, detail = self._edit_success(sample, turn, readings)
             rows.append(Score(sample.id, turn, "counter" if detail["op"] != "change_text" else "ocr", "edit_success", value, json.dumps(detail)))
@@ -220,8 +227,9 @@ class DriftSuite(Suite):
             pres = g["preservation_ssim"].to_numpy(dtype=float) if "preservation_ssim" in g else np.full(len(g), np.nan)
             row = {"sample_id": sid, "n_turns": int(turns.max())}
             row["drift_slope"] = _chain_slope(turns, pres)
-            if "preservation_psnr" in g:
-                row["drift_slope_psnr"] = _chain_slope(turns, g["preservation_psnr"].to_numpy(dtype=float))
+            for m in ("psnr", "lpips"):
+                if f"preservation_{m}" in g:
+                    row[f"drift_slope_{m}"] = _chain_slope(turns, g[f"preservation_{m}"].to_numpy(dtype=float))
             ok = ~np.isnan(pres)
             row["drift_auc"] = float(np.trapezoid(pres[ok], turns[ok]) / (turns[ok][-1] - turns[ok][0])) if ok.sum() >= 2 else float("nan")
             edits = g[g["turn"] >= 1]

@@ -116,10 +116,10 @@ def _run(tmp_path, *overrides):
 def test_counting_run_through_the_cli_stores_sized_images_and_their_manifests(tmp_path, tiny):
     t2i, _ = tiny
     res, out = _run(tmp_path, f"model.path={t2i}", "suite=[counting]", "n=3")
-    from nbeval.adapters.diffusers_pipeline import pipeline_hash
+    from nbeval.records import folder_sha256
 
     model = res["model"]
-    assert model["name"] == "diffusers" and model["settings"]["weights_sha256"] == pipeline_hash(t2i)
+    assert model["name"] == "diffusers" and model["settings"]["weights_sha256"] == folder_sha256(t2i)
     assert model["settings"]["steps"] == 2 and "edit_weights_sha256" not in model["settings"]
     rec = res["suites"]["counting"]
     assert rec["n_samples"] == 3 and rec["n_failed_generations"] == 0
@@ -135,7 +135,7 @@ def test_counting_run_through_the_cli_stores_sized_images_and_their_manifests(tm
     for _, g in gens.iterrows():
         m = man.loc[g["image_sha256"], "manifest"]
         assert m["pipeline_class"] == "StableDiffusionPipeline" and m["scheduler_class"] == "DDIMScheduler"
-        assert m["model_sha256"] == pipeline_hash(t2i) and m["settings"] == model["settings"]
+        assert m["model_sha256"] == folder_sha256(t2i) and m["settings"] == model["settings"]
         assert m["seed"] == int(samples.loc[g["sample_id"], "seed"]) and m["prompt"] == samples.loc[g["sample_id"], "prompt"]
         assert m["generated_size"] == [NATIVE, NATIVE] and m["size"] == 256 and m["resized"] is True
         assert set(m["versions"]) == {"diffusers", "transformers", "torch"} and all(m["versions"].values())
@@ -201,7 +201,7 @@ def test_size_setting_generates_at_that_side_and_records_the_resize(tiny, one_th
 def test_fingerprint_follows_weights_and_settings_not_the_folder(tiny, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from nbeval.adapters.diffusers_pipeline import _hash_files
+    from nbeval.records import _hash_files
 
     t2i, edit = tiny
     copy = shutil.copytree(t2i, tmp_path / "copy")

@@ -126,5 +126,6 @@ def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
         metrics = res["suites"][name]["metrics"]
         assert metrics["edit_success"]["value"] == 1.0 and metrics["drift_slope"]["value"] == pytest.approx(0.0, abs=1e-4)
         assert metrics["preservation_ssim/turn_2"]["value"] == pytest.approx(1.0, abs=1e-4)
+        assert not [m for m in metrics if "lpips" in m], "LPIPS is off unless weights are given"
         assert (tmp_path / "out" / name / "plots" / f"{name}_worst_chains.png").exists()
         assert (tmp_path / "out" / name / "plots" / f"{name}_per_turn.png").exists()

@@ -30,49 +30,17 @@ import inspect
 import logging
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
+from nbeval.records import folder_sha256
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "bfloat16")
-SKIP_SUFFIXES = frozenset({".md", ".png", ".jpg", ".jpeg", ".gif", ".webp"})  # docs and sample images: no effect on outputs
 RESAMPLE = "bicubic"
-
-
-def _pipeline_files(root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every file that can change what the pipeline draws."""
-    out = []
-    for d, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        for f in files:
-            p = Path(d) / f
-            if f.startswith(".") or p.suffix.lower() in SKIP_SUFFIXES:
-                continue
-            st = p.stat()
-            out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
-
-@lru_cache(maxsize=32)
-def _hash_files(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
-    h = hashlib.sha256()
-    for rel, _, _ in files:
-        with open(Path(root) / rel, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        h.update(f"{rel}\0{digest}\n".encode())
-    return h.hexdigest()
-
-
-def pipeline_hash(path: str | os.PathLike) -> str:
-    """sha256 over (relative path, sha256 of content) of a pipeline folder's files; computed once
-    per process for the same files (same sizes and modification times)."""
-    root = Path(path).resolve()
-    return _hash_files(str(root), tuple(_pipeline_files(root)))
 
 
 def _check_pipeline_dir(path: str | os.PathLike | None, option: str) -> Path | None:
@@ -168,7 +136,7 @@ class DiffusersAdapter(ModelAdapter):
 
     def settings(self) -> dict:
         s = {
-            "weights_sha256": pipeline_hash(self.path),
+            "weights_sha256": folder_sha256(self.path),
             "dtype": self.dtype,
             "device": self.device,
             "variant": self.variant,
@@ -183,7 +151,7 @@ class DiffusersAdapter(ModelAdapter):
             "generator": "cpu",
         }
         if self.edit_path:
-            s |= {"edit_weights_sha256": pipeline_hash(self.edit_path), "image_guidance_scale": self.image_guidance_scale,
+            s |= {"edit_weights_sha256": folder_sha256(self.edit_path), "image_guidance_scale": self.image_guidance_scale,
                   "edit_call_kwargs": self.edit_call_kwargs}
         return s
 
@@ -283,7 +251,7 @@ class DiffusersAdapter(ModelAdapter):
         common = {
             "adapter": "diffusers",
             "settings": self.settings(),
-            "model_sha256": pipeline_hash(path),
+            "model_sha256": folder_sha256(path),
             "pipeline_path": str(path),
             "pipeline_class": type(pipe).__name__,
             "scheduler_class": type(getattr(pipe, "scheduler", None)).__name__,

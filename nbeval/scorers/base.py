@@ -15,6 +15,13 @@ from PIL import Image
 from nbeval.records import canonical_json
 
 
+def check_sha256(what: str, got: str | None, expected: str | None) -> None:
+    """Refuse weights other than the config names: the same config must mean the same readings."""
+    if expected is not None and got != expected:
+        raise ValueError(f"{what} have sha256 {got}, but the config expects {expected} "
+                         "(set the scorer's sha256 to the weights', or to null to skip the check)")
+
+
 class Scorer(ABC):
     name: str = "scorer"
     uses_truth: bool = False

@@ -21,7 +21,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from nbeval.records import sha256_file
-from nbeval.scorers.base import Scorer
+from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.world.claims import NEGATIVE_KINDS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -147,10 +147,7 @@ class ClipScorer(Scorer):
         """`weights`: a local file or an open_clip tag in `cache_dir`; None is our shipped nbclip-world.
         `sha256`: the file's expected checksum; other bytes are refused (None: not checked)."""
         self.backbone = shared_backbone(model, weights or str(DEFAULT_WEIGHTS), cache_dir)
-        got = self.backbone.weights_sha256
-        if sha256 is not None and got != sha256:
-            raise ValueError(f"CLIP weights {self.backbone.weights} have sha256 {got}, but the config expects {sha256} "
-                             "(set the scorer's sha256 to the file's, or to null to skip the check)")
+        check_sha256(f"CLIP weights {self.backbone.weights}", self.backbone.weights_sha256, sha256)
 
     def settings(self) -> dict:
         """The weights by checksum (not by path, so a moved checkout keeps its cache) and preprocessing."""

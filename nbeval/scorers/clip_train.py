@@ -34,7 +34,7 @@ from nbeval.scorers.clip import NBCLIP_NAME, WEIGHTS_DIR, load_backbone
 from nbeval.stats import proportion
 from nbeval.world import Scene, render
 from nbeval.world.characters import PARTS, random_identity
-from nbeval.world.claims import hard_negatives, random_claim, scene_for
+from nbeval.world.claims import RELATIONS, hard_negatives, random_claim, scene_for
 from nbeval.world.layout import character_scene, place_character
 
 RENDER_SIDE = 256  # what suites hand the scorers; the backbone's own transform resizes it
@@ -115,6 +115,20 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, sc
     return (F.cross_entropy(logits_img, target) + F.cross_entropy(logits_txt, target)) / 2
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD on each image's row of caption logits: the teacher's softened ranking of every
+    caption, margins included, not just which one wins; rotation-free, so the student's embedding
+    space may differ from the teacher's."""
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True, reduction="batchmean")
+
+
+def _frozen(run_dir: Path) -> torch.nn.Module:
+    model = load_backbone(NBCLIP_NAME, pretrained=None).model
+    model.load_state_dict(torch.load(run_dir / "last.pt", weights_only=False)["model"])
+    return model.eval().requires_grad_(False)
+
+
 def train(run_dir: Path, a: argparse.Namespace) -> Path:
     """One training phase (resumable from `run_dir/last.pt`); `a.init` starts it from another
     phase's weights with a fresh optimiser and schedule."""
@@ -131,7 +145,8 @@ def train(run_dir: Path, a: argparse.Namespace) -> Path:
         opt.load_state_dict(state["opt"])
         start = state["step"]
     elif a.init:
-        model.load_state_dict(torch.load(a.init / "last.pt", weights_only=False)["model"])
+        model.load_state_dict(_frozen(a.init).state_dict())
+    teacher = _frozen(a.teacher) if a.teacher else None
     rng = np.random.default_rng([a.seed, start])
     steps, stop = a.steps, min(a.steps, a.stop_after or a.steps)
     warmup = max(1, steps // 20)
@@ -148,9 +163,16 @@ def train(run_dir: Path, a: argparse.Namespace) -> Path:
             negs = [n for i in idx for n in data["negatives"][i]]
         else:
             negs = [data["negatives"][i][rng.integers(len(data["negatives"][i]))] for i in idx]
+        tokens = tokenizer(caps + negs)
         img = model.encode_image(x, normalize=True)
-        txt = model.encode_text(tokenizer(caps + negs), normalize=True)
-        loss = contrastive_loss(img, txt[: a.batch], txt[a.batch :], model.logit_scale.exp().clamp(max=100))
+        txt = model.encode_text(tokens, normalize=True)
+        scale = model.logit_scale.exp().clamp(max=100)
+        loss = contrastive_loss(img, txt[: a.batch], txt[a.batch :], scale)
+        anchored = torch.tensor([not any(r in c for r in RELATIONS) for c in caps])
+        if teacher is not None and anchored.any():
+            with torch.no_grad():
+                t_logits = teacher.logit_scale.exp().clamp(max=100) * teacher.encode_image(x[anchored], normalize=True) @ teacher.encode_text(tokens, normalize=True).T
+            loss = loss + a.distill * distillation_loss(scale * img[anchored] @ txt.T, t_logits, a.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,6 +213,9 @@ def zero_shot(n: int, seed: int) -> dict:
         cos = (img @ txt.T)[0]
         for kind, c in zip(negs, cos[1:]):
             by_kind.setdefault(kind, []).append(float(cos[0] > c))
+            if kind == "relation":  # by axis: the two are learned very differently
+                axis = "left_right" if any(r in cap for r in RELATIONS[:2]) else "above_below"
+                by_kind.setdefault(f"relation_{axis}", []).append(float(cos[0] > c))
         top1[family].append(float(bool((cos[0] > cos[1:]).all())))
     est = {f"pairwise/{k}": proportion(np.array(v)) for k, v in sorted(by_kind.items())}
     est.update({f"r_precision/{k}": proportion(np.array(v)) for k, v in top1.items()})
@@ -209,7 +234,9 @@ def write_card(run_dir: Path, n_eval: int) -> Path:
         f"relations{', with mirrored-word negatives' if p['mix']['mirror'] else ''}; the rest characters; seed {p['seed']}); "
         f"{p['trained_steps']} steps of a {p['steps']}-step cosine schedule, batch {p['batch']}, "
         f"{'every hard negative of each image' if p['negatives'] == 'all' else 'one random hard negative per image'} "
-        f"in the contrast, AdamW lr {p['lr']}; {p['minutes']:.0f} min on a 2-core CPU; final loss {p['final_loss']:.3f}."
+        f"in the contrast, AdamW lr {p['lr']}"
+        + (f"; non-relation images distilled from `{p['teacher']}` (weight {p['distill']}, temperature {p['temperature']})" if p.get("teacher") else "")
+        + f"; {p['minutes']:.0f} min on a 2-core CPU; final loss {p['final_loss']:.3f}."
         + (f" Note: {p['note']}." if p.get("note") else "")
         for i, p in enumerate(phases))
     results = zero_shot(n_eval, seed=1)
@@ -251,6 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=96)
     p.add_argument("--negatives", choices=("one", "all"), default="all", help="hard negatives per image in the contrast")
     p.add_argument("--init", type=Path, default=None, help="run dir of an earlier phase to start from")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="run dir of an earlier phase whose caption ranking every non-relation image is distilled towards, "
+                        "so that a phase teaching relations keeps what the teacher knew")
+    p.add_argument("--distill", type=float, default=1.0, help="weight of the distillation term (with --teacher)")
+    p.add_argument("--temperature", type=float, default=5.0, help="distillation temperature (with --teacher)")
     p.add_argument("--data", type=Path, default=None, help="rendered training set (default: <run-dir>/data.pt)")
     p.add_argument("--n-data", type=int, default=40000, help="rendered training scenes")
     p.add_argument("--shape-share", type=float, default=0.6, help="share of shape claims in the data (the rest: characters)")
@@ -269,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         meta = {"command": "python -m nbeval.scorers.clip_train " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "steps": a.steps, "trained_steps": log[-1]["step"], "batch": a.batch, "negatives": a.negatives,
                 "init": str(a.init) if a.init else None, "n_data": a.n_data,
+                "teacher": str(a.teacher) if a.teacher else None, "distill": a.distill, "temperature": a.temperature,
                 "mix": {"shapes": a.shape_share, "relations": a.relation_share, "mirror": a.mirror}, "lr": a.lr, "seed": a.seed,
                 "minutes": float(gaps[gaps < 60].sum() / 60),  # training time only, across resumes
                 "final_loss": float(np.mean([r["loss"] for r in log[-50:]]))}

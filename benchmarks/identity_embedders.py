@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -30,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nbeval.adapters.base import GenRequest
 from nbeval.adapters.oracle import OracleAdapter
 from nbeval.scorers.embeddings import DINOV2_PREPROCESS
+from scorers import cpu_model, images_per_second  # benchmarks/scorers.py: this script's directory is on sys.path
 
 
 class IBlock(nn.Module):
@@ -84,10 +84,7 @@ def gflops(embed, image) -> float:
 def rate(fn, images: list, truths: list, batch: int) -> float:
     """Images/s of wall time over all batches after the first (the warm-up)."""
     fn(images[:batch], truths[:batch])
-    t0 = time.perf_counter()
-    for i in range(batch, len(images), batch):
-        fn(images[i : i + batch], truths[i : i + batch])
-    return (len(images) - batch) / (time.perf_counter() - t0)
+    return images_per_second(fn, images, truths, batch)
 
 
 def cpu_ms(embed, images: list, batch: int) -> float:
@@ -111,7 +108,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     lines = [
         "# Identity embedders: throughput",
         "",

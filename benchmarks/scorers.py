@@ -25,6 +25,20 @@ from nbeval.records import sha256_file
 SUITE_OF = {"ocr": "text_rendering", "counter": "counting", "clip": "adherence", "identity": "identity", "pixels": "drift"}
 
 
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+
+
+def images_per_second(score, images: list, truths: list, batch: int) -> float:
+    """Wall-clock images/s of `score(images, truths)` over every batch after the first, which the
+    caller has already run as the warm-up."""
+    t0 = time.perf_counter()
+    for i in range(batch, len(images), batch):
+        score(images[i : i + batch], truths[i : i + batch])
+    return (len(images) - batch) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=96)
@@ -39,7 +53,7 @@ def main() -> None:
     runs = [(role, role, cfg.scorer[role]) for role in args.scorers] + ([("pixels + LPIPS alex", "pixels", lpips.scorer.pixels)] if lpips else [])
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     lpips_arg = f" --lpips-weights {Path(args.lpips_weights).name}" if args.lpips_weights else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     lines = [
         "# Scorer throughput",
         "",
@@ -61,11 +75,8 @@ def main() -> None:
         scorer = instantiate(scorer_cfg)
         scorer.score(images[: args.batch], truths[: args.batch])  # warm-up: loads weights
         load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for i in range(args.batch, len(images), args.batch):
-            scorer.score(images[i : i + args.batch], truths[i : i + args.batch])
-        dt = time.perf_counter() - t0
-        lines.append(f"| {label} | {suite_name} | {args.n} | {args.batch} | {dt:.1f} | {args.n / dt:.1f} | {load:.1f} |")
+        rate = images_per_second(scorer.score, images, truths, args.batch)
+        lines.append(f"| {label} | {suite_name} | {args.n} | {args.batch} | {args.n / rate:.1f} | {rate:.1f} | {load:.1f} |")
         print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 

@@ -269,7 +269,9 @@ class DriftSuite(Suite):
         est = self.aggregate(scores, samples)
         panels = [("preservation_ssim", "preservation SSIM vs turn 0"), ("fidelity_ssim", "fidelity SSIM vs true turn"),
                   ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]
-        fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+        if any(k.startswith("preservation_lpips/turn_") for k in est):  # only when the user gave LPIPS weights
+            panels.insert(3, ("preservation_lpips", "preservation LPIPS (lower = kept)"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.75 * len(panels), 3.4))
         for ax, (m, title) in zip(axes, panels):
             points = sorted((int(k.split("/turn_")[1]), v) for k, v in est.items() if k.startswith(f"{m}/turn_"))
             if points:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from hydra.utils import instantiate
-from PIL import ImageFilter
+from PIL import Image, ImageFilter
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
 from nbeval.adapters.oracle import OracleAdapter
@@ -128,4 +128,5 @@ def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
         assert metrics["preservation_ssim/turn_2"]["value"] == pytest.approx(1.0, abs=1e-4)
         assert not [m for m in metrics if "lpips" in m], "LPIPS is off unless weights are given"
         assert (tmp_path / "out" / name / "plots" / f"{name}_worst_chains.png").exists()
-        assert (tmp_path / "out" / name / "plots" / f"{name}_per_turn.png").exists()
+        with Image.open(tmp_path / "out" / name / "plots" / f"{name}_per_turn.png") as fig:
+            assert fig.width == pytest.approx(4 * 375, abs=10), "four panels; LPIPS's only with its weights"

@@ -115,3 +115,6 @@ def test_drift_run_reports_lpips_preservation_and_it_worsens_under_per_turn_blur
     assert b["preservation_lpips"]["value"] > 1e-4 and b["preservation_lpips/turn_2"]["value"] > b["preservation_lpips/turn_1"]["value"]
     assert b["drift_slope_lpips"]["value"] > 0 and "fidelity_lpips" in b
     assert clean["scorers"]["pixels"]["lpips"]["backbone_sha256"] == sha256_file(alex_weights)
+    # The per-turn figure gains an LPIPS panel (3.75 in each at 100 dpi): 5 panels here, 4 without LPIPS.
+    with Image.open(tmp_path / "blurred" / "drift" / "plots" / "drift_per_turn.png") as fig:
+        assert fig.width == pytest.approx(5 * 375, abs=10)

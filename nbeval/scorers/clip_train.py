@@ -42,6 +42,7 @@ PHASE1_MIX = {"shapes": 0.6, "relations": 0.35, "mirror": False}  # the mix of d
 
 
 _MIRROR = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+HORIZONTAL = ("to the left of", "to the right of")
 
 
 class Example(NamedTuple):
@@ -115,6 +116,54 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, sc
     return (F.cross_entropy(logits_img, target) + F.cross_entropy(logits_txt, target)) / 2
 
 
+def relation_of(caption: str) -> str | None:
+    """The spatial relation a caption states (None for a caption without one)."""
+    return next((r for r in RELATIONS if f" {r} " in caption), None)
+
+
+def _mirror_caption(text: str, relation: str) -> str:
+    return text.replace(relation, "\0").replace(_MIRROR[relation], relation).replace("\0", _MIRROR[relation])
+
+
+def mirror_pairs(images: torch.Tensor, captions: list[str], negatives: list[list[str]]) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+    """Image-side hard negatives: every relation image's mirror along the relation's axis, captioned
+    with the relation word mirrored, joins the batch. Text negatives alone left the image tower almost
+    blind to left/right (cosine 0.98 between a scene and its mirror after 7,000 steps; 0.81 for an
+    up/down flip), so a caption could not tell "A to the left of B" from "B to the left of A"."""
+    rows = [(i, r) for i, c in enumerate(captions) if (r := relation_of(c)) is not None]
+    if not rows:
+        return images, captions, negatives
+    flipped = [images[i].flip(1 if r in HORIZONTAL else 0) for i, r in rows]  # images are (H, W, C)
+    return (torch.cat([images, torch.stack(flipped)]), captions + [_mirror_caption(captions[i], r) for i, r in rows],
+            negatives + [[_mirror_caption(n, r) for n in negatives[i]] for i, r in rows])
+
+
+def paraphrase(caption: str) -> str | None:
+    """The same relation told from the other object ("A to the left of B" → "B to the right of A");
+    None for a caption without a relation."""
+    if (r := relation_of(caption)) is None:
+        return None
+    first, second = caption.split(f" {r} ")
+    return f"{second} {_MIRROR[r]} {first}"
+
+
+def paraphrase_loss(model: torch.nn.Module, tokenizer, captions: list[str], negatives: list[list[str]], scale: torch.Tensor) -> torch.Tensor:
+    """Text-only InfoNCE: a relation caption's nearest text must be its paraphrase, not its own hard
+    negatives (objects swapped, word mirrored) nor the other captions' paraphrases. With images and
+    captions both blind to left/right, neither tower's contrastive gradient starts telling the two
+    apart; this gives the text tower word order on its own, and the image tower then has a target."""
+    rows = [(c, p, negs) for c, negs in zip(captions, negatives) if (p := paraphrase(c)) is not None]
+    if not rows:
+        return torch.zeros(())
+    anchors = [c for c, _, _ in rows]
+    paras = [p for _, p, _ in rows]
+    taken = set(paras) | set(captions)  # a mirrored row's negative can be another row's caption or paraphrase
+    candidates = paras + [n for _, _, negs in rows for n in negs if n not in taken]
+    t = model.encode_text(tokenizer(anchors + candidates), normalize=True)
+    logits = scale * t[: len(anchors)] @ t[len(anchors) :].T
+    return F.cross_entropy(logits, torch.arange(len(anchors)))
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's KD on each image's row of caption logits: the teacher's softened ranking of every
     caption, margins included, not just which one wins; rotation-free, so the student's embedding
@@ -157,18 +206,22 @@ def train(run_dir: Path, a: argparse.Namespace) -> Path:
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         idx = rng.choice(data["n"], a.batch, replace=False)
-        x = _normalise(data["images"][idx], transform)
-        caps = [data["captions"][i] for i in idx]
+        pixels, caps, row_negs = data["images"][idx], [data["captions"][i] for i in idx], [data["negatives"][i] for i in idx]
+        if a.mirror_pairs:
+            pixels, caps, row_negs = mirror_pairs(pixels, caps, row_negs)
+        x = _normalise(pixels, transform)
         if a.negatives == "all":
-            negs = [n for i in idx for n in data["negatives"][i]]
+            negs = [n for ns in row_negs for n in ns if n not in set(caps)]  # mirror pairs: no caption as another's negative
         else:
-            negs = [data["negatives"][i][rng.integers(len(data["negatives"][i]))] for i in idx]
+            negs = [ns[rng.integers(len(ns))] for ns in row_negs]
         tokens = tokenizer(caps + negs)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
         scale = model.logit_scale.exp().clamp(max=100)
-        loss = contrastive_loss(img, txt[: a.batch], txt[a.batch :], scale)
-        anchored = torch.tensor([not any(r in c for r in RELATIONS) for c in caps])
+        loss = contrastive_loss(img, txt[: len(caps)], txt[len(caps) :], scale)
+        if a.paraphrase:
+            loss = loss + paraphrase_loss(model, tokenizer, caps, row_negs, scale)
+        anchored = torch.tensor([relation_of(c) is None for c in caps])
         if teacher is not None and anchored.any():
             with torch.no_grad():
                 t_logits = teacher.logit_scale.exp().clamp(max=100) * teacher.encode_image(x[anchored], normalize=True) @ teacher.encode_text(tokens, normalize=True).T
@@ -214,7 +267,7 @@ def zero_shot(n: int, seed: int) -> dict:
         for kind, c in zip(negs, cos[1:]):
             by_kind.setdefault(kind, []).append(float(cos[0] > c))
             if kind == "relation":  # by axis: the two are learned very differently
-                axis = "left_right" if any(r in cap for r in RELATIONS[:2]) else "above_below"
+                axis = "left_right" if relation_of(cap) in HORIZONTAL else "above_below"
                 by_kind.setdefault(f"relation_{axis}", []).append(float(cos[0] > c))
         top1[family].append(float(bool((cos[0] > cos[1:]).all())))
     est = {f"pairwise/{k}": proportion(np.array(v)) for k, v in sorted(by_kind.items())}
@@ -222,23 +275,38 @@ def zero_shot(n: int, seed: int) -> dict:
     return {k: {"value": round(e.value, 3), "low": round(e.ci_low, 3), "high": round(e.ci_high, 3), "n": e.n} for k, e in est.items()}
 
 
-def write_card(run_dir: Path, n_eval: int) -> Path:
-    weights = WEIGHTS_DIR / f"{NBCLIP_NAME}.safetensors"
-    sha = sha256_file(weights)
-    cfg = json.loads((WEIGHTS_DIR / f"{NBCLIP_NAME}.json").read_text())
-    phases = [json.loads((run_dir / "meta.json").read_text())]
+def _phases(run_dir: Path) -> list[dict]:
+    """The chain of training phases that ends in `run_dir`, first phase first (each names its `init`)."""
+    phases = [json.loads((run_dir / "meta.json").read_text()) | {"run_dir": str(run_dir)}]
     while phases[0]["init"]:
-        phases.insert(0, json.loads((Path(phases[0]["init"]) / "meta.json").read_text()))
-    training = "\n".join(
+        phases.insert(0, json.loads((Path(phases[0]["init"]) / "meta.json").read_text()) | {"run_dir": phases[0]["init"]})
+    return phases
+
+
+def _describe(phases: list[dict]) -> str:
+    return "\n".join(
         f"  {i + 1}. `{p['command']}`: {p['n_data']} scenes ({p['mix']['shapes']:.0%} shape claims, {p['mix']['relations']:.0%} of them "
         f"relations{', with mirrored-word negatives' if p['mix']['mirror'] else ''}; the rest characters; seed {p['seed']}); "
         f"{p['trained_steps']} steps of a {p['steps']}-step cosine schedule, batch {p['batch']}, "
         f"{'every hard negative of each image' if p['negatives'] == 'all' else 'one random hard negative per image'} "
         f"in the contrast, AdamW lr {p['lr']}"
+        + ("; a text-only loss pulling each relation caption to its paraphrase" if p.get("paraphrase") else "")
+        + ("; each relation image's mirror, with the mirrored caption, added to its batch" if p.get("mirror_pairs") else "")
         + (f"; non-relation images distilled from `{p['teacher']}` (weight {p['distill']}, temperature {p['temperature']})" if p.get("teacher") else "")
         + f"; {p['minutes']:.0f} min on a 2-core CPU; final loss {p['final_loss']:.3f}."
         + (f" Note: {p['note']}." if p.get("note") else "")
         for i, p in enumerate(phases))
+
+
+def write_card(run_dir: Path, n_eval: int) -> Path:
+    weights = WEIGHTS_DIR / f"{NBCLIP_NAME}.safetensors"
+    sha = sha256_file(weights)
+    cfg = json.loads((WEIGHTS_DIR / f"{NBCLIP_NAME}.json").read_text())
+    phases = _phases(run_dir)
+    training = _describe(phases)
+    # A teacher from outside the chain shaped the weights too: its own phases go on the card.
+    for teacher in sorted({p["teacher"] for p in phases if p.get("teacher")} - {p["run_dir"] for p in phases}):
+        training += f"\n- Teacher `{teacher}`, trained in phases:\n" + _describe(_phases(Path(teacher)))
     results = zero_shot(n_eval, seed=1)
     rows = "\n".join(f"| {k} | {v['value']:.3f} | [{v['low']:.3f}, {v['high']:.3f}] | {v['n']} |" for k, v in results.items())
     card = WEIGHTS_DIR / f"{NBCLIP_NAME}.md"
@@ -288,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape-share", type=float, default=0.6, help="share of shape claims in the data (the rest: characters)")
     p.add_argument("--relation-share", type=float, default=0.35, help="share of spatial relations among the shape claims")
     p.add_argument("--mirror", action="store_true", help="give relations a mirrored-relation-word negative too")
+    p.add_argument("--mirror-pairs", action="store_true",
+                   help="add each relation image's mirror along its axis, with the mirrored caption, to the batch")
+    p.add_argument("--paraphrase", action="store_true", help="add the text-only paraphrase loss for relation captions")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=1000, help="held-out scenes for the card")
@@ -300,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         gaps = np.diff([r["time"] for r in log])
         meta = {"command": "python -m nbeval.scorers.clip_train " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "steps": a.steps, "trained_steps": log[-1]["step"], "batch": a.batch, "negatives": a.negatives,
-                "init": str(a.init) if a.init else None, "n_data": a.n_data,
+                "init": str(a.init) if a.init else None, "n_data": a.n_data, "mirror_pairs": a.mirror_pairs, "paraphrase": a.paraphrase,
                 "teacher": str(a.teacher) if a.teacher else None, "distill": a.distill, "temperature": a.temperature,
                 "mix": {"shapes": a.shape_share, "relations": a.relation_share, "mirror": a.mirror}, "lr": a.lr, "seed": a.seed,
                 "minutes": float(gaps[gaps < 60].sum() / 60),  # training time only, across resumes

@@ -4,7 +4,10 @@ No pretrained CLIP can be downloaded here, so the adherence and identity scorers
 model; a user's pretrained open_clip weights go through the very same loader (`scorers.clip`).
 Training is contrastive with one world-made hard negative caption per image (NegCLIP style): the
 negatives differ from the truth in one colour, shape, count, relation or character part, which is
-exactly what CLIP-R-precision asks the model to tell apart.
+exactly what CLIP-R-precision asks the model to tell apart. Left/right is the hard part: a model
+that learns characters first codes rows, not columns, and then never learns "to the left of"; the
+shipped weights had mirror pairs and a paraphrase loss from step 0, then a relation-only phase, then a
+mixed phase distilled from an earlier model (`--teacher`) to win back counts and characters.
 
     python -m nbeval.scorers.clip_train --run-dir runs/nbclip            # train (resumable), export, card
     python -m nbeval.scorers.clip_train --run-dir runs/nbclip --card-only

@@ -4,10 +4,11 @@ No pretrained CLIP can be downloaded here, so the adherence and identity scorers
 model; a user's pretrained open_clip weights go through the very same loader (`scorers.clip`).
 Training is contrastive with one world-made hard negative caption per image (NegCLIP style): the
 negatives differ from the truth in one colour, shape, count, relation or character part, which is
-exactly what CLIP-R-precision asks the model to tell apart. Left/right is the hard part: a model
-that learns characters first codes rows, not columns, and then never learns "to the left of"; the
-shipped weights had mirror pairs and a paraphrase loss from step 0, then a relation-only phase, then a
-mixed phase distilled from an earlier model (`--teacher`) to win back counts and characters.
+exactly what CLIP-R-precision asks the model to tell apart. Left/right is the hard part: our first
+model coded rows and hardly columns (the world's characters need only rows) and did not learn "to the
+left of" in 6,000 more steps over four phases. The shipped weights had mirror pairs and a paraphrase
+loss from step 0, then a relation-only phase, then a mixed phase distilled from an earlier model
+(`--teacher`) to win back counts and characters.
 
     python -m nbeval.scorers.clip_train --run-dir runs/nbclip            # train (resumable), export, card
     python -m nbeval.scorers.clip_train --run-dir runs/nbclip --card-only
@@ -214,7 +215,8 @@ def train(run_dir: Path, a: argparse.Namespace) -> Path:
             pixels, caps, row_negs = mirror_pairs(pixels, caps, row_negs)
         x = _normalise(pixels, transform)
         if a.negatives == "all":
-            negs = [n for ns in row_negs for n in ns if n not in set(caps)]  # mirror pairs: no caption as another's negative
+            shown = set(caps)  # mirror pairs: no caption as another image's negative
+            negs = [n for ns in row_negs for n in ns if n not in shown]
         else:
             negs = [ns[rng.integers(len(ns))] for ns in row_negs]
         tokens = tokenizer(caps + negs)

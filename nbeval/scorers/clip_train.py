@@ -38,7 +38,7 @@ from nbeval.scorers.clip import NBCLIP_NAME, WEIGHTS_DIR, load_backbone
 from nbeval.stats import proportion
 from nbeval.world import Scene, render
 from nbeval.world.characters import PARTS, random_identity
-from nbeval.world.claims import RELATIONS, hard_negatives, random_claim, scene_for
+from nbeval.world.claims import HORIZONTAL, RELATIONS, hard_negatives, random_claim, scene_for
 from nbeval.world.layout import character_scene, place_character
 
 RENDER_SIDE = 256  # what suites hand the scorers; the backbone's own transform resizes it
@@ -46,7 +46,6 @@ PHASE1_MIX = {"shapes": 0.6, "relations": 0.35, "mirror": False}  # the mix of d
 
 
 _MIRROR = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
-HORIZONTAL = ("to the left of", "to the right of")
 
 
 class Example(NamedTuple):

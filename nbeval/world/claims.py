@@ -15,6 +15,7 @@ from nbeval.world.prompts import NUMBER_WORDS, article, plural
 from nbeval.world.scene import COLOURS, SHAPE_KINDS, SIZES, Scene, Shape
 
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
+HORIZONTAL: tuple[str, ...] = RELATIONS[:2]  # along x; the others along y
 NEGATIVE_KINDS: tuple[str, ...] = ("colour", "shape", "count", "relation")
 
 
@@ -70,7 +71,7 @@ def _relation_pair(rng: random.Random, a: Group, b: Group, relation: str, size: 
     across = (across, min(hi, max(lo, across + rng.uniform(-gap / 3, gap / 3))))
     if relation in ("to the right of", "below"):
         along = along[::-1]
-    horizontal = relation in ("to the left of", "to the right of")
+    horizontal = relation in HORIZONTAL
     xy = [(along[i], across[i]) if horizontal else (across[i], along[i]) for i in (0, 1)]
     return tuple(Shape(g.kind, g.colour, size, round(x, 4), round(y, 4)) for g, (x, y) in zip((a, b), xy))
 

@@ -130,3 +130,22 @@ def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
         assert (tmp_path / "out" / name / "plots" / f"{name}_worst_chains.png").exists()
         with Image.open(tmp_path / "out" / name / "plots" / f"{name}_per_turn.png") as fig:
             assert fig.width == pytest.approx(4 * 375, abs=10), "four panels; LPIPS's only with its weights"
+
+
+def test_a_suite_is_named_by_its_config_key_whatever_its_protocol(tmp_path):
+    """`suite.drift.protocol=ground_truth` once renamed the suite `drift_gt` while the run keyed it
+    `drift`: the summary and the tracking looked it up by name and the run crashed before logging."""
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    r = run_cli(["run", "model=oracle", "suite=[drift]", "suite.drift.protocol=ground_truth", "n=4", "suite.drift.turns=2",
+                 f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"], tmp_path, {"MLFLOW_TRACKING_URI": db})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["suites"]) == ["drift"] and res["suites"]["drift"]["params"]["protocol"] == "ground_truth"
+    assert res["suites"]["drift"]["metrics"]["edit_success"]["value"] == 1.0
+    run = MlflowClient(db).get_run(res["mlflow_run_id"])
+    assert run.data.metrics["drift/edit_success"] == 1.0 and run.data.tags["nbeval.suites"] == "drift"

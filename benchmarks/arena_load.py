@@ -14,7 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from nbeval.arena.loadtest import load_test, throwaway_postgres
+from nbeval.arena.loadtest import load_test
+from nbeval.testing import throwaway_postgres
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ through the real configs (`scorer=[identity_dinov2]`, `scorer=[identity_torchscr
     nice -n 10 python benchmarks/identity_embedders.py --n 96 --out benchmarks/results/identity_embedders.md
 
 Per backend, after a warm-up batch: `embed` (backbone.embed_images on the suite's images alone) and
-`scorer` (scorer.score as benchmarks/scorers.py times it: each image is another identity, so its reference
+`scorer` (scorer.read as benchmarks/scorers.py times it: each image is another identity, so its reference
 render is embedded too; in a run the k turns of one identity share it) as wall-clock images/s (what this
 machine gave at the time), and `embed` as CPU time per image on one thread (the cost, whatever else runs).
 """
@@ -136,7 +136,7 @@ def main() -> None:
             load = time.perf_counter() - t0
             embed = scorer.backbone.embed_images
             flops = gflops(embed, images[0])
-            embed_wall, score_wall = (rate(fn, images, truths, args.batch) for fn in (lambda ims, _: embed(ims), scorer.score))
+            embed_wall, score_wall = (rate(fn, images, truths, args.batch) for fn in (lambda ims, _: embed(ims), scorer.read))
             lines.append(f"| {config} | {desc} | {flops:.2f} | {cpu_ms(embed, images, args.batch):.1f} | {embed_wall:.1f} | {score_wall:.1f} | {load:.1f} |")
             print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -25,7 +25,7 @@ from nbeval.adapters.openai_http import OpenAIHTTPAdapter
 from nbeval.adapters.reference import ReferenceAdapter
 from nbeval.cache import Cache
 from nbeval.runner import generate
-from nbeval.serve import ServeProcess
+from nbeval.testing import ServeProcess
 from reference_model.export import hardware
 from suites.counting import CountingSuite
 

@@ -73,7 +73,7 @@ def main() -> None:
         truths = [suite.scorer_truth(s, 0, role) for s in samples]
         t0 = time.perf_counter()
         scorer = instantiate(scorer_cfg)
-        scorer.score(images[: args.batch], truths[: args.batch])  # warm-up: loads weights
+        scorer.read(images[: args.batch], truths[: args.batch])  # warm-up: loads weights
         load = time.perf_counter() - t0
         rate = images_per_second(scorer.score, images, truths, args.batch)
         lines.append(f"| {label} | {suite_name} | {args.n} | {args.batch} | {args.n / rate:.1f} | {rate:.1f} | {load:.1f} |")

@@ -1,5 +1,6 @@
-"""`nbeval` command line. `run` is a Hydra app (overrides, `-m` multirun, `--help`, `--cfg job`);
-the other commands are small argparse front ends over the same configs."""
+"""`nbeval` command line: parsing only. `run` is a Hydra app (overrides, `-m` multirun, `--help`,
+`--cfg job`) over `api.evaluate` / `api.finalize`; the other commands are small front ends over the
+same configs and modules, with one key=value parser (`parse_options`)."""
 
 from __future__ import annotations
 
@@ -42,106 +43,35 @@ MLflow server: MLFLOW_TRACKING_URI=http://host:5000 (README: "Shared tracking");
 then: mlflow ui --backend-store-uri sqlite:///mlflow.db
 """
 
-CONFIG_MODULE = "nbeval.conf"
 log = logging.getLogger("nbeval")
 
 
-def _check_models(name: str, suite, models: list) -> None:
-    """A contest suite (the arena) needs two or more models, every other suite exactly one, and
-    each model the capabilities the suite needs."""
-    from nbeval.suite import ContestSuite
-
-    names = [m.name for m in models]
-    if isinstance(suite, ContestSuite) and len(models) < 2:
-        raise ValueError(f"suite {name!r} compares models, but the run has one ({names[0]}): name two or more, e.g. model=[reference,reference_noplan]")
-    if not isinstance(suite, ContestSuite) and len(models) > 1:
-        raise ValueError(f"suite {name!r} scores one model at a time, but the run has {len(models)} (model=[{','.join(names)}]); "
-                         f"for one run per model use a sweep: nbeval run -m model={','.join(names)}")
-    for model in models:
-        missing = suite.capabilities - model.capabilities
-        if missing:
-            raise ValueError(f"suite {name!r} needs model capabilities {sorted(missing)} that {model.name!r} lacks")
-
-
-def evaluate(cfg, out_dir: Path, parent_run_id: str | None = None, extra_tags: dict | None = None, models: dict | None = None) -> dict:
-    """Run one job: the configured model on every configured suite, or, given `models` (config
-    option → model config, from `model=[a,b]`), those models on contest suites such as the arena.
-    Returns results.json's content."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from nbeval.cache import Cache
-    from nbeval.registry import load
-    from nbeval.results import build_results, summary_markdown, write_run
-    from nbeval.runner import score_suite
-    from nbeval.sharding import parse_shard, suite_configs
-    from nbeval.suite import ContestSuite
-
-    shard = parse_shard(cfg.suite.get("shard"), cfg.n)  # `suite.shard=i/k`: this job's block of every suite's samples
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    if models:  # cfg.model is Hydra's merge of the listed configs: record each model's own instead
-        container.pop("model", None)
-        container["models"] = {k: OmegaConf.to_container(m, resolve=True) for k, m in models.items()}
-    adapters = [instantiate(m) for m in (models.values() if models else [cfg.model])]
-    suites = {}
-    for name, scfg in suite_configs(cfg.suite).items():
-        suites[name] = instantiate(scfg) if "_target_" in scfg else load(name)(**scfg)
-        _check_models(name, suites[name], adapters)
-        if shard and isinstance(suites[name], ContestSuite):
-            raise ValueError(f"suite {name!r} compares models and cannot be sharded (suite.shard={shard[0]}/{shard[1]}); run it whole")
-    scorers: dict = {}
-
-    def scorer_for(role: str):
-        if role not in scorers:
-            if role not in cfg.scorer:
-                raise KeyError(f"a suite needs scorer {role!r}, but the config has none (scorer={list(cfg.scorer)})")
-            scorers[role] = instantiate(cfg.scorer[role])
-        return scorers[role]
-
-    cache = Cache(cfg.cache_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = [
-        s.contest(adapters, scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size) if isinstance(s, ContestSuite)
-        else score_suite(s, adapters[0], scorer_for, cache, cfg.n, cfg.seed, cfg.batch_size, shard)
-        for s in suites.values()
-    ]
-    res = build_results(container, adapters, scorers, results, out_dir)
-    if shard:  # a part of a run: `nbeval merge` assembles the parts (and reuses the run's tags for the whole)
-        res["shard"] = {"index": shard[0], "count": shard[1], "spec": f"{shard[0]}/{shard[1]}", "tags": dict(extra_tags or {})}
-        extra_tags = {**(extra_tags or {}), "nbeval.kind": "shard", "nbeval.shard": res["shard"]["spec"]}
-    write_run(res, results, cache, out_dir)
-    print(summary_markdown(res, suites), flush=True)
-    for r in results:
-        if r.n_failed_generations or r.n_failed_scores:
-            log.warning("%s: %d failed generations, %d failed scores (see the tables' error column)", r.suite.name, r.n_failed_generations, r.n_failed_scores)
-    if cfg.get("tracking"):
-        tracker = instantiate(cfg.tracking)
-        run_id = tracker.log_or_keep(res, results, out_dir, parent_run_id=parent_run_id, tags=extra_tags)
-        if run_id:
-            res["mlflow_run_id"] = run_id
-            (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
-            print(f"MLflow run {run_id} at {tracker.target()}", flush=True)
-        else:  # the store is down: the run is complete here, marked PENDING_SYNC; exit 0, the evaluation succeeded
-            print(f"MLflow: not logged ({tracker.target()} failed; see the warning); the run is kept for: nbeval sync {out_dir}", flush=True)
-    print(f"run folder: {out_dir}", flush=True)
-    return res
+def parse_options(argv: list[str], allowed: set[str], required: set[str] = frozenset(), usage: str = "",
+                  positional: bool = False, overrides: bool = False) -> tuple[dict[str, str], list[str]]:
+    """A subcommand's key=value options → (options, the rest). The rest is the arguments without
+    `=` when `positional`, or the key=value pairs not in `allowed` (Hydra overrides) when
+    `overrides`; anything else, or a missing required option, exits 2 with the usage."""
+    opts: dict[str, str] = {}
+    rest, bad = [], []
+    for a in argv:
+        key = a.split("=", 1)[0]
+        if "=" in a and key in allowed:
+            opts[key] = a.split("=", 1)[1]
+        elif ("=" not in a and positional) or ("=" in a and overrides):
+            rest.append(a)
+        else:
+            bad.append(a)
+    missing = required - set(opts)
+    if bad or missing:
+        why = (f"unknown options {', '.join(sorted(a.split('=', 1)[0] for a in bad))}" if all("=" in a for a in bad) else f"not key=value: {bad}") if bad \
+            else f"{', '.join(sorted(missing))}= is required"
+        print(f"nbeval: {why}\n{usage}", file=sys.stderr)
+        sys.exit(2)
+    return opts, rest
 
 
-def _listed_models(task_overrides: list[str]) -> dict:
-    """For `model=[a,b,…]` (models compared in one run, as the arena does): config option → that
-    model's config, composed as if the run named it alone (the run's overrides with `model=<it>`),
-    so per-model overrides such as model.severity=2 apply to each; Hydra itself would merge the
-    listed configs into one `model`. Empty when the run names one model."""
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(task_overrides)
-    listed = next((o for o in parsed if o.key_or_group == "model" and o.package is None and isinstance(o.value(), list)), None)
-    if listed is None:
-        return {}
-    rest = [o.input_line for o in parsed if o is not listed]
-    return {str(m): compose("config", overrides=[*rest, f"model={m}"]).model for m in listed.value()}
+def _is_true(value: str) -> bool:
+    return value.lower() not in ("false", "0", "no")
 
 
 def _run_app() -> None:
@@ -149,9 +79,10 @@ def _run_app() -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nbeval import api
     from nbeval.tracking import PARENT_RUN_FILE
 
-    @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+    @hydra.main(version_base="1.3", config_path=f"pkg://{api.CONFIG_MODULE}", config_name="config")
     def app(cfg) -> None:
         hc = HydraConfig.get()
         parent = None
@@ -162,19 +93,13 @@ def _run_app() -> None:
         if hc.mode == RunMode.MULTIRUN:  # `nbeval sync` nests a job under a parent it makes later (the store was down)
             tags["nbeval.sweep_dir"] = str(Path(hc.sweep.dir).resolve())
         tags["nbeval.config"] = hc.job.config_name  # config or a preset such as nightly: report history compares like with like
-        models = _listed_models(list(hc.overrides.task))
-        if models:
-            tags["nbeval.choice.model"] = ",".join(models)
-        evaluate(cfg, Path(hc.runtime.output_dir), parent, tags, models)
+        cfg = api.with_listed_models(cfg, list(hc.overrides.task))
+        if cfg.get("models"):
+            tags["nbeval.choice.model"] = ",".join(cfg.models)
+        run = api.evaluate(cfg, tags)
+        api.finalize(run, Path(hc.runtime.output_dir), api.make_tracker(cfg.tracking), parent)
 
     app()
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def _samples_cmd(argv: list[str]) -> None:
@@ -183,18 +108,15 @@ def _samples_cmd(argv: list[str]) -> None:
     p.add_argument("--out", required=True, help="output .jsonl file")
     p.add_argument("--truth", action="store_true", help="include the ground truth (do not give it to the model under test)")
     args = p.parse_args(argv)
-    from hydra.utils import instantiate
+    from nbeval import api
+    from nbeval.runner import parse_shard, shard_samples
 
-    from nbeval.runner import shard_block
-    from nbeval.sharding import parse_shard, suite_configs
-
-    cfg = _compose(args.overrides)
+    cfg = api.compose(args.overrides)
     n_written = 0
-    shard = parse_shard(cfg.suite.get("shard"), cfg.n)
+    shard = parse_shard(cfg.suite.get(api.SHARD_KEY), cfg.n)
     with open(args.out, "w") as f:
-        for scfg in suite_configs(cfg.suite).values():
-            samples = instantiate(scfg).samples(cfg.n, cfg.seed)
-            for s in samples[shard_block(len(samples), *shard, unit=cfg.batch_size)] if shard else samples:
+        for suite in api.build_suites(cfg).values():
+            for s in shard_samples(suite, cfg.n, cfg.seed, cfg.batch_size, shard)[0]:
                 row = {"id": s.id, "suite": s.suite, "prompt": s.prompt, "turns": list(s.turns), "seed": s.seed, "tags": s.tags}
                 if args.truth:
                     row["truth"] = list(s.truth)
@@ -206,6 +128,7 @@ def _samples_cmd(argv: list[str]) -> None:
 def _list_cmd(argv: list[str]) -> None:
     from importlib.resources import files
 
+    from nbeval.api import CONFIG_MODULE
     from nbeval.registry import available
 
     print("suites (entry points, group nbeval.suites):")
@@ -222,9 +145,10 @@ def _cache_cmd(argv: list[str]) -> None:
     p.add_argument("action", choices=["stats"])
     p.add_argument("--dir", default=None, help="cache folder (default: the config's cache_dir)")
     args = p.parse_args(argv)
+    from nbeval.api import compose
     from nbeval.cache import Cache
 
-    d = args.dir or _compose([]).cache_dir
+    d = args.dir or compose([]).cache_dir
     print(json.dumps({"cache_dir": str(d), **Cache(d).stats()}, indent=2))
 
 
@@ -242,20 +166,8 @@ ARENA_USAGE = """usage:
       the admin commands talk to a running server with NBEVAL_ARENA_ADMIN_KEY."""
 
 
-def _options(argv: list[str], allowed: set[str], required: set[str] = frozenset(), usage: str = ARENA_USAGE) -> dict[str, str]:
-    """key=value arguments of a subcommand; exits with the usage on anything else."""
-    bad = [a for a in argv if "=" not in a]
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown, missing = set(opts) - allowed, required - set(opts)
-    if bad or unknown or missing:
-        why = f"not key=value: {bad}" if bad else f"unknown options {', '.join(sorted(unknown))}" if unknown else f"{', '.join(sorted(missing))}= is required"
-        print(f"nbeval: {why}\n{usage}", file=sys.stderr)
-        sys.exit(2)
-    return opts
-
-
 def _arena_leaderboard(argv: list[str]) -> None:
-    opts = _options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}, {"battles"})
+    opts, _ = parse_options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}, {"battles"}, ARENA_USAGE)
     from nbeval.arena.publish import log_to_mlflow, plot_ratings
     from nbeval.arena.ratings import leaderboard, read_battles
     from nbeval.plots import plt
@@ -271,7 +183,7 @@ def _arena_leaderboard(argv: list[str]) -> None:
     plt.close(fig)
     print(board.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {opts.get('rounds', 100)} bootstrap rounds; written to {out}/ (leaderboard.csv, .json, ratings.png)")
-    if opts.get("mlflow", "true").lower() not in ("false", "0", "no"):
+    if _is_true(opts.get("mlflow", "true")):
         run_id = log_to_mlflow(board, battles, opts, out)
         print(f"MLflow run {run_id} (experiment nbeval-arena)")
 
@@ -283,7 +195,7 @@ def _arena_serve(argv: list[str]) -> None:
 
     from nbeval.arena.web import ServerConfig, create_app
 
-    opts = _options(argv, {"db", "host", "port", "votes_per_minute", "logins_per_minute"})
+    opts, _ = parse_options(argv, {"db", "host", "port", "votes_per_minute", "logins_per_minute"}, usage=ARENA_USAGE)
     config = ServerConfig(
         db_url=opts.get("db", "sqlite:///arena.db"),
         admin_key=os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""),
@@ -308,7 +220,7 @@ def _arena_admin(action: str, argv: list[str]) -> None:
 
     allowed = {"create": {"url", "name", "sampling", "image_size"}, "import": {"url", "arena", "suite", "runs"},
                "invite": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
-    opts = _options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"})
+    opts, _ = parse_options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"}, ARENA_USAGE)
     admin = AdminClient(opts["url"], os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""))
     try:
         if action == "create":
@@ -357,7 +269,7 @@ def _report_cmd(argv: list[str]) -> None:
     from nbeval.report.build import build_report
     from nbeval.report.load import ReportError
 
-    opts = _options(argv, {"run", "baseline", "out", "alpha", "history", "experiment", "screenshot"}, {"run", "baseline"}, REPORT_USAGE)
+    opts, _ = parse_options(argv, {"run", "baseline", "out", "alpha", "history", "experiment", "screenshot"}, {"run", "baseline"}, REPORT_USAGE)
     try:
         status, out = build_report(opts["run"], opts["baseline"], Path(opts.get("out", "reports/out")), _tracking_uri(), opts.get("experiment", "nbeval"),
                                    float(opts.get("alpha", 0.05)), int(opts.get("history", 30)), opts.get("screenshot", "auto"))
@@ -378,7 +290,7 @@ def _baseline_cmd(argv: list[str]) -> None:
 
     from nbeval.report.load import ReportError, experiment_ids, resolve_run
 
-    opts = _options(argv[2:], {"experiment"}, usage=usage)
+    opts, _ = parse_options(argv[2:], {"experiment"}, usage=usage)
     client = mlflow.MlflowClient(_tracking_uri())
     try:
         run_id = resolve_run(client, experiment_ids(client, opts.get("experiment", "nbeval")), argv[1])
@@ -389,8 +301,78 @@ def _baseline_cmd(argv: list[str]) -> None:
     print(f"run {run_id} is now a baseline (tags.nbeval.baseline='true'); reports pick the newest such run before theirs")
 
 
-COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd, "arena": _arena_cmd}
-MODULE_COMMANDS = {"serve": "nbeval.serve", "merge": "nbeval.sharding", "sync": "nbeval.sync"}  # each module's main(argv), imported on use
+SERVE_USAGE = """usage: nbeval serve model=<config> [model.<key>=… and other Hydra overrides]
+                    [host=127.0.0.1] [port=8000] [max_batch=1] [batch_wait_ms=5] [max_queue=256]
+                    [key_env=NBEVAL_API_KEY] [log_level=warning]   (uvicorn's own log)
+Serves the model as an OpenAI-compatible images API (POST /v1/images/generations, /v1/images/edits).
+If the environment variable named by key_env is set, every request needs `Authorization: Bearer <it>`.
+Then: nbeval run model=openai_http model.base_url=http://HOST:PORT/v1 model.model=<served name> …"""
+
+
+def _serve_cmd(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(SERVE_USAGE)
+        return
+    opts, overrides = parse_options(argv, {"host", "port", "max_batch", "batch_wait_ms", "max_queue", "key_env", "log_level"},
+                                    usage=SERVE_USAGE, overrides=True)
+    import os
+
+    from hydra.utils import instantiate
+
+    from nbeval.api import compose
+    from nbeval.serve import DEFAULT_KEY_ENV, ServeConfig, serve
+
+    key_env = opts.get("key_env", DEFAULT_KEY_ENV)
+    try:
+        config = ServeConfig(api_key=os.environ.get(key_env, ""), max_batch=int(opts.get("max_batch", 1)),
+                             batch_wait_ms=float(opts.get("batch_wait_ms", 5)), max_queue=int(opts.get("max_queue", 256)))
+        adapter = instantiate(compose(overrides).model)
+        serve(adapter, config, opts.get("host", "127.0.0.1"), int(opts.get("port", 8000)), opts.get("log_level", "warning"), key_env)
+    except Exception as e:  # noqa: BLE001 — a bad config is a message, not a traceback
+        print(f"nbeval serve: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+MERGE_USAGE = """usage: nbeval merge <shard run folder | sweep folder> … [out=DIR] [cache_dir=DIR] [mlflow=true|false] [tracking_uri=URI]
+  Assembles the shards of a sharded run into the run one unsharded job makes, e.g.
+    nbeval run -m suite.shard=0/4,1/4,2/4,3/4 model=reference suite=[counting] hydra.sweep.dir=multirun/ref
+    nbeval merge multirun/ref                       # → multirun/ref/merged/
+  Each suite's tables are concatenated, its metrics and CIs recomputed on all samples, its plots redrawn;
+  results.json, summary.md and an MLflow run (where the shards' config tracked to, under their multirun
+  parent; tracking_uri= to choose, mlflow=false for none). A sweep folder holding the shards of several
+  runs (e.g. -m model=a,b suite.shard=0/2,1/2) gives one merged run each, in out/<model>-<hash>/.
+  Refuses shards whose configs, model, scorers or suites differ, and missing or duplicated shards.
+  Images for the sample grids and galleries come from the shards' cache_dir (shared), or cache_dir=."""
+
+
+def _merge_cmd(argv: list[str]) -> None:
+    if not argv or argv[:1] in (["-h"], ["--help"]):
+        print(MERGE_USAGE, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    opts, paths = parse_options(argv, {"out", "cache_dir", "mlflow", "tracking_uri"}, usage=MERGE_USAGE, positional=True)
+    if not paths:
+        print(f"nbeval merge: name the shard run folders or their sweep folder\n{MERGE_USAGE}", file=sys.stderr)
+        sys.exit(2)
+    from nbeval import api
+    from nbeval.sharding import MergeError, merge, parent_run
+    from nbeval.tracking import NullTracker
+
+    try:
+        merged = merge(paths, Path(opts["out"]) if "out" in opts else None, opts.get("cache_dir"))
+    except MergeError as e:
+        print(f"nbeval merge: {e}", file=sys.stderr)
+        sys.exit(2)
+    for where, run, shards in merged:
+        tracker = api.make_tracker(run.config.get("tracking")) if _is_true(opts.get("mlflow", "true")) else NullTracker()
+        if tracker.active and "tracking_uri" in opts:
+            tracker.uri = opts["tracking_uri"]
+        api.finalize(run, where, tracker, parent_run(shards))
+        print(f"merged {len(shards)} shards ({', '.join(str(s.dir) for s in shards)}) into run folder: {where}", flush=True)
+
+
+COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd,
+            "arena": _arena_cmd, "serve": _serve_cmd, "merge": _merge_cmd}
+MODULE_COMMANDS = {"sync": "nbeval.sync"}  # the module's main(argv), imported on use
 
 
 def main() -> None:

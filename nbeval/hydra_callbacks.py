@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 class MLflowMultirunParent(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("tracking"):
+        tracker = instantiate(config.tracking)
+        if not tracker.active:
             return
         sweep = Path(config.hydra.sweep.dir)
         sweep.mkdir(parents=True, exist_ok=True)
-        tracker = instantiate(config.tracking)
         overrides = " ".join(config.hydra.overrides.task)
         name, tags = f"multirun {sweep.name}", {"nbeval.sweep_dir": str(sweep.resolve()), "nbeval.overrides": overrides[:5000]}
         try:
@@ -43,7 +43,7 @@ class MLflowMultirunParent(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         path = sweep / PARENT_RUN_FILE
-        if config.get("tracking") and path.exists():
+        if path.exists():
             tracker, run_id = instantiate(config.tracking), path.read_text().strip()
             try:
                 tracker.end_parent(run_id)

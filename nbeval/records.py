@@ -121,19 +121,23 @@ class Score:
     error: str | None = None
 
 
-SAMPLE_COLUMNS = ["sample_id", "suite", "prompt", "turns", "truth", "seed", "tags", "sample_key"]
-GENERATION_COLUMNS = list(Generation.__dataclass_fields__)
-SCORE_COLUMNS = list(Score.__dataclass_fields__)
+# `sample_index`: the sample's place in its suite's `samples(n, seed)` — the order column a run's
+# tables are sorted by (runner.run_order), the same in a whole run and in the shards of one.
+SAMPLE_COLUMNS = ["sample_id", "suite", "prompt", "turns", "truth", "seed", "tags", "sample_key", "sample_index"]
+GENERATION_COLUMNS = [*Generation.__dataclass_fields__, "sample_index"]
+SCORE_COLUMNS = [*Score.__dataclass_fields__, "sample_index"]
 
 
-def samples_frame(samples: list[Sample]) -> pd.DataFrame:
-    return pd.DataFrame([s.to_row() for s in samples], columns=SAMPLE_COLUMNS)
+def samples_frame(samples: list[Sample], start: int = 0) -> pd.DataFrame:
+    """Samples that are `samples(n, seed)[start:start + len(samples)]`."""
+    return pd.DataFrame([{**s.to_row(), "sample_index": start + i} for i, s in enumerate(samples)], columns=SAMPLE_COLUMNS).astype({"sample_index": "int64"})
 
 
-def generations_frame(gens: list[Generation]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(g) for g in gens], columns=GENERATION_COLUMNS)
+def generations_frame(gens: list[Generation], index: dict[str, int]) -> pd.DataFrame:
+    """`index`: sample id → its place in `samples(n, seed)`."""
+    return pd.DataFrame([{**asdict(g), "sample_index": index[g.sample_id]} for g in gens], columns=GENERATION_COLUMNS).astype({"sample_index": "int64"})
 
 
-def scores_frame(scores: list[Score]) -> pd.DataFrame:
-    df = pd.DataFrame([asdict(s) for s in scores], columns=SCORE_COLUMNS)
-    return df.astype({"value": "float64"})
+def scores_frame(scores: list[Score], index: dict[str, int]) -> pd.DataFrame:
+    df = pd.DataFrame([{**asdict(s), "sample_index": index[s.sample_id]} for s in scores], columns=SCORE_COLUMNS)
+    return df.astype({"value": "float64", "sample_index": "int64"})

@@ -1,4 +1,5 @@
-"""What a run leaves in its folder: `results.json`, `summary.md`, and per suite a sample grid and plots.
+"""What a run is (`Run`) and what it leaves in its folder: `results.json` (written once), `summary.md`,
+and per suite its tables, a sample grid and plots.
 
 results.json (schema_version 1) holds:
 - `schema_version`, `nbeval_version`, `created_at` (UTC ISO 8601), `git_sha` (of the nbeval checkout,
@@ -18,7 +19,11 @@ results.json (schema_version 1) holds:
 - `shard` (only in a shard of a sharded run, `suite.shard=i/k`): `index`, `count`, `spec` ("i/k") and
   `tags` (the run's MLflow tags, for the merged run); its suites hold block i of k of the samples;
 - `merged_from` (only in a run made by `nbeval merge`): one `{shard, run_dir, mlflow_run_id, git_sha,
-  created_at}` per shard; `seconds` and `cached_readings` are then sums over the shards.
+  created_at}` per shard; `seconds` and `cached_readings` are then sums over the shards;
+- `mlflow_run_id`: added once the run is in MLflow (by the run, or later by `nbeval sync`).
+Tables (Parquet): samples, generations and scores carry `sample_index`, the sample's place in its
+suite's `samples(n, seed)`; generations and scores are sorted by turn (whole-sample rows, turn −1,
+last), then `sample_index` — in a whole run and in a merge of its shards alike.
 Metric names follow MLflow's: `<suite>/<metric>` there, `suites.<suite>.metrics.<metric>` here.
 """
 
@@ -27,8 +32,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -36,8 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nbeval.cache import Cache
 from nbeval.records import content_hash
-from nbeval.runner import SuiteResult, write_tables
-from nbeval.suite import ContestSuite
+from nbeval.suite import ContestSuite, Suite, SuiteResult
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
@@ -60,6 +66,40 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() if r.returncode == 0 else None
+
+
+@dataclass
+class Run:
+    """A finished evaluation, before it is written: made by `api.evaluate` (or by `nbeval merge` from
+    the shards of one), written and tracked by `api.finalize`."""
+
+    config: dict  # the resolved config, as results.json records it
+    models: list[dict]  # {name, fingerprint, settings} per model
+    scorers: dict[str, dict]  # role → the scorer's card with its fingerprint
+    results: list[SuiteResult]
+    shard: tuple[int, int] | None = None  # this run is shard i of k (`suite.shard=i/k`)
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of the run
+    merged_from: list[dict] | None = None  # the shards a merged run was made from
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def suites(self) -> dict[str, Suite]:
+        return {r.suite.name: r.suite for r in self.results}
+
+
+def model_record(model) -> dict:
+    return {"name": model.name, "fingerprint": model.fingerprint, "settings": model.settings()}
+
+
+def write_tables(result: SuiteResult, out_dir: Path) -> Path:
+    """The tables of one suite as Parquet, under `<out_dir>/<suite>/<table>.parquet`: samples,
+    generations, scores and the suite's own."""
+    d = out_dir / result.suite.name
+    d.mkdir(parents=True, exist_ok=True)
+    tables = {"samples": result.samples, "generations": result.generations, "scores": result.scores, **result.tables}
+    for name, table in tables.items():
+        table.to_parquet(d / f"{name}.parquet", index=False)
+    return d
 
 
 def suite_record(r: SuiteResult, out_dir: Path) -> dict:
@@ -105,29 +145,42 @@ def sample_grid(r: SuiteResult, cache: Cache, k: int = 16, tile: int = 160) -> I
     return grid
 
 
-def build_results(cfg: dict, models: list, scorers: dict, results: list[SuiteResult], out_dir: Path) -> dict:
+def build_results(run: Run, out_dir: Path) -> dict:
+    """results.json's content; writes each suite's tables on the way (their paths are in it)."""
     from nbeval import __version__
 
-    records = [{"name": m.name, "fingerprint": m.fingerprint, "settings": m.settings()} for m in models]
+    records = run.models
     model = records[0] if len(records) == 1 else {
         "name": " vs ".join(r["name"] for r in records),
         "fingerprint": content_hash([r["fingerprint"] for r in records])[:16],
         "settings": {r["name"]: r["settings"] for r in records},
     }
-    return {
+    res = {
         "schema_version": SCHEMA_VERSION,
         "nbeval_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": run.created_at,
         "git_sha": git_sha(),
         "versions": package_versions(),
-        "config": cfg,
-        "n": cfg.get("n"),
-        "seed": cfg.get("seed"),
+        "config": run.config,
+        "n": run.config.get("n"),
+        "seed": run.config.get("seed"),
         "model": model,
         "models": records,
-        "scorers": {role: {**s.card(), "fingerprint": s.fingerprint} for role, s in scorers.items()},
-        "suites": {r.suite.name: suite_record(r, out_dir) for r in results},
+        "scorers": run.scorers,
+        "suites": {r.suite.name: suite_record(r, out_dir) for r in run.results},
     }
+    if run.shard:  # a part of a run: `nbeval merge` assembles the parts (and reuses the run's tags for the whole)
+        res["shard"] = {"index": run.shard[0], "count": run.shard[1], "spec": f"{run.shard[0]}/{run.shard[1]}", "tags": dict(run.tags)}
+    if run.merged_from is not None:
+        res["merged_from"] = run.merged_from
+    return res
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomically: a reader (or a run killed mid-write) never sees half a results.json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def _fmt(m: dict) -> str:
@@ -172,7 +225,7 @@ def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path
     plots as PNG; a figure that fails is logged and skipped, never the run."""
     from nbeval.plots import plt
 
-    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    write_json(out_dir / "results.json", res)
     (out_dir / "summary.md").write_text(summary_markdown(res, {r.suite.name: r.suite for r in results}))
     for r in results:
         d = out_dir / r.suite.name
@@ -180,7 +233,7 @@ def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path
         valid = r.scores[r.scores["error"].isna()]
         try:
             sample_grid(r, cache).save(d / "sample_grid.png")
-            figures = r.suite.plots(valid, r.samples) if len(valid) else {}
+            figures = r.suite.plots(valid, r.samples, r.metrics) if len(valid) else {}
             if isinstance(r.suite, ContestSuite):
                 figures |= r.suite.contest_plots(r)
             galleries = r.suite.galleries(valid, r.samples, r.generations, cache.get_image) if len(valid) else {}

@@ -2,22 +2,25 @@
 
 Every unit of work is committed to the cache as soon as its batch finishes, so a run killed at any
 point and started again redoes nothing that was done. A failure of the model or of a scorer on one
-item becomes a row with its error; the run goes on and counts them.
+item becomes a row with its error; the run goes on and counts them. Tables come out in `run_order`,
+by columns the runner writes (`turn`, `sample_index`), so the shards of a run, sorted by the same
+columns, are the whole run row for row.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
 from nbeval.cache import Cache
+from nbeval.readings import missing_keys, name_of
 from nbeval.records import (
     Generation,
     Sample,
@@ -28,30 +31,9 @@ from nbeval.records import (
     scores_frame,
 )
 from nbeval.scorers.base import Scorer
-from nbeval.stats import Estimate
-from nbeval.suite import Suite
+from nbeval.suite import Suite, SuiteResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SuiteResult:
-    suite: Suite
-    samples: pd.DataFrame
-    generations: pd.DataFrame
-    scores: pd.DataFrame
-    metrics: dict[str, Estimate]
-    cached_readings: int = 0  # scorer readings served by the cache
-    seconds: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # a suite's own, e.g. the arena's battles
-
-    @property
-    def n_failed_generations(self) -> int:
-        return int(self.generations["error"].notna().sum())
-
-    @property
-    def n_failed_scores(self) -> int:
-        return int(self.scores.loc[self.scores["error"].notna(), "sample_id"].nunique())
 
 
 def _chunks(items: list, size: int):
@@ -64,10 +46,15 @@ def _error(e: BaseException) -> str:
 
 
 def _requests(model: ModelAdapter, batch: list[Sample], turn: int, size: int, inputs: dict[str, list[str]], cache: Cache) -> list[GenResult]:
+    """One batch of requests; the sample's truth goes only to a model that declares it needs it."""
+
+    def truth(s: Sample) -> dict:
+        return s.truth[turn] if model.needs_truth else {}
+
     if turn == 0:
-        return model.generate([GenRequest(s.id, s.prompt, s.seed, size, s.truth[0]) for s in batch])
+        return model.generate([GenRequest(s.id, s.prompt, s.seed, size, truth(s)) for s in batch])
     return model.edit([
-        EditRequest(s.id, turn, s.prompt, s.turns[:turn], tuple(map(cache.get_image, inputs[s.id])), s.seed, size, s.truth[turn])
+        EditRequest(s.id, turn, s.prompt, s.turns[:turn], tuple(map(cache.get_image, inputs[s.id])), s.seed, size, truth(s))
         for s in batch
     ])
 
@@ -123,6 +110,14 @@ def generate(model: ModelAdapter, suite: Suite, samples: list[Sample], size: int
     return out
 
 
+def _checked(scorer: Scorer, readings: list[dict]) -> list[dict]:
+    """The scorer's readings, refused when one lacks a key of the reading type it declares."""
+    for r in readings:
+        if missing := missing_keys(r, scorer.reading):
+            raise TypeError(f"scorer {scorer.name!r} gave a reading without {', '.join(missing)} of its {name_of(scorer.reading)}")
+    return readings
+
+
 def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size: int, desc: str) -> tuple[list[dict | BaseException], int]:
     """The scorer's reading of each (image sha256, truth) — cached, else computed in batches — and
     how many came from the cache. A batch that fails is retried one item at a time, so a single bad
@@ -137,12 +132,12 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
             images = [cache.get_image(items[i][0]) for i in batch]
             truths = [items[i][1] for i in batch]
             try:
-                readings = scorer.score(images, truths)
+                readings = _checked(scorer, scorer.read(images, truths))
             except Exception:  # noqa: BLE001 — isolate the failing item below
                 readings = []
                 for im, tr in zip(images, truths):
                     try:
-                        readings.append(scorer.score([im], [tr])[0])
+                        readings.append(_checked(scorer, scorer.read([im], [tr]))[0])
                     except Exception as e:  # noqa: BLE001
                         readings.append(e)
             done = []
@@ -153,6 +148,19 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
             cache.put_readings(fp, done)
             bar.update(len(batch))
     return out, len(items) - len(pending)  # type: ignore[return-value]
+
+
+def parse_shard(spec, n: int | None = None) -> tuple[int, int] | None:
+    """`suite.shard` → (index, count); None (the default) for an unsharded run."""
+    if spec is None or spec == "":
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise ValueError(f"suite.shard={spec!r}: expected i/k with 0 <= i < k, e.g. suite.shard=0/4 (all four: nbeval run -m suite.shard=0/4,1/4,2/4,3/4)")
+    index, count = int(m[1]), int(m[2])
+    if n is not None and count > n:
+        raise ValueError(f"suite.shard={spec}: {count} shards of n={n} samples would leave shards empty; use at most {n}")
+    return index, count
 
 
 def shard_block(n_items: int, index: int, count: int, unit: int = 1) -> slice:
@@ -168,6 +176,21 @@ def shard_block(n_items: int, index: int, count: int, unit: int = 1) -> slice:
     return slice(min(index * units // count * unit, n_items), min((index + 1) * units // count * unit, n_items))
 
 
+def shard_samples(suite: Suite, n: int, seed: int, batch_size: int, shard: tuple[int, int] | None = None) -> tuple[list[Sample], int]:
+    """The samples a run (or shard i of k of it) scores, and the place of the first in `samples(n, seed)`."""
+    samples = suite.samples(n, seed)
+    block = shard_block(len(samples), *shard, unit=batch_size) if shard is not None else slice(0, len(samples))
+    return samples[block], block.start
+
+
+def run_order(table: pd.DataFrame) -> pd.DataFrame:
+    """A run's generations or scores in the order it writes them, whole or merged from shards: by
+    turn, whole-sample rows (turn −1) last, then by the sample's place in `samples(n, seed)`; the rows
+    of one (sample, turn) keep their own order (a stable sort)."""
+    key = np.lexsort((table["sample_index"].to_numpy(), table["turn"].to_numpy(), (table["turn"] < 0).to_numpy()))
+    return table.iloc[key].reset_index(drop=True)
+
+
 def score_suite(
     suite: Suite,
     model: ModelAdapter,
@@ -181,9 +204,8 @@ def score_suite(
     """The suite's `samples(n, seed)` — or, given `shard=(i, k)`, block i of k of them — generated,
     read, scored and aggregated."""
     t0 = time.perf_counter()
-    samples = suite.samples(n, seed)
-    if shard is not None:
-        samples = samples[shard_block(len(samples), *shard, unit=batch_size)]
+    samples, start = shard_samples(suite, n, seed, batch_size, shard)
+    index = {s.id: start + i for i, s in enumerate(samples)}
     t1 = time.perf_counter()
     gens = generate(model, suite, samples, suite.image_size, cache, batch_size)
     t2 = time.perf_counter()
@@ -218,28 +240,17 @@ def score_suite(
                 rows += suite.score_sample(s, complete[s.id])
             except Exception as e:  # noqa: BLE001
                 rows.append(Score(s.id, -1, "suite", "_error", None, "{}", _error(e)))
-    scores = scores_frame(rows)
-    samples_df = samples_frame(samples)
+    scores = run_order(scores_frame(rows, index))
+    samples_df = samples_frame(samples, start)
     valid = scores[scores["error"].isna()]
     metrics = suite.aggregate(valid, samples_df) if len(valid) else {}
     t4 = time.perf_counter()
     return SuiteResult(
         suite,
         samples_df,
-        generations_frame(gens),
+        run_order(generations_frame(gens, index)),
         scores,
         metrics,
         cached_readings,
         {"samples": t1 - t0, "generate": t2 - t1, "read": t3 - t2, "aggregate": t4 - t3, "total": t4 - t0},
     )
-
-
-def write_tables(result: SuiteResult, out_dir: Path) -> Path:
-    """The tables of one suite as Parquet, under `<out_dir>/<suite>/<table>.parquet`: samples,
-    generations, scores and the suite's own."""
-    d = out_dir / result.suite.name
-    d.mkdir(parents=True, exist_ok=True)
-    tables = {"samples": result.samples, "generations": result.generations, "scores": result.scores, **result.tables}
-    for name, table in tables.items():
-        table.to_parquet(d / f"{name}.parquet", index=False)
-    return d

@@ -21,9 +21,11 @@ nbeval's extensions (optional request fields; a plain OpenAI client sends none a
   `nbeval_instructions` (JSON list of every instruction so far, the last one equal to `prompt`), so a
   model with multi-turn context gets the conversation; without them the edit is a one-turn
   conversation `prompt` on the image.
-- `nbeval_truth` (JSON object): the sample's ground truth. Never needed by a real model and never
-  sent by the client unless `send_truth=true`; it exists so that the oracle (which renders the truth)
-  and `reference_gtplan` can be served too. Without it they answer 422 per request.
+- `nbeval_truth` (JSON object): the sample's ground truth. Never sent by the client unless
+  `send_truth=true`; it exists so that the oracle (which renders the truth) and `reference_gtplan`
+  can be served too. It reaches only an adapter that declares `needs_truth`; sent to any other it is
+  refused (400), so a served model under test can never read the answer. Without it an adapter that
+  needs it answers 422 per request.
 
 Every answer carries the served model's identity — `nbeval_model` {name, class, fingerprint,
 settings} and, per image, `nbeval` {seed, sample_id, turn, seconds} (header `X-Nbeval-Fingerprint`)
@@ -45,15 +47,11 @@ import hmac
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -246,6 +244,12 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
             raise APIError(401, "missing or incorrect API key (Authorization: Bearer …)", "authentication_error", "invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
 
+    def truth_for(value: dict | None) -> dict:
+        if value and not adapter.needs_truth:
+            raise APIError(400, f"model {adapter.name!r} does not take ground truth: a model under test never sees the answer "
+                           "(nbeval_truth is only for the oracle and reference_gtplan)", param="nbeval_truth")
+        return value or {}
+
     def check_model(name: str | None) -> None:
         if name not in (None, "", adapter.name):
             raise APIError(404, f"model {name!r} is not served here; this server serves {adapter.name!r}", "invalid_request_error", "model_not_found", "model")
@@ -296,7 +300,7 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
         _check_format(body.response_format)
         size, seed = _size(body.size, config.default_size), _seed(body.seed)
         sample_id = body.nbeval_sample_id or "req-" + content_hash([body.prompt, seed, size])[:16]
-        reqs = [GenRequest(sample_id if body.n == 1 else f"{sample_id}-{i}", body.prompt, seed + i, size, body.nbeval_truth or {}) for i in range(body.n)]
+        reqs = [GenRequest(sample_id if body.n == 1 else f"{sample_id}-{i}", body.prompt, seed + i, size, truth_for(body.nbeval_truth)) for i in range(body.n)]
         return await answer("generate", reqs, size, sorted(body.model_extra or {}))
 
     @app.post("/v1/images/edits")
@@ -335,7 +339,7 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
         instructions = _json_field(fields.get("nbeval_instructions"), "nbeval_instructions", list) or [prompt]
         if not all(isinstance(i, str) for i in instructions) or instructions[-1] != prompt:
             raise APIError(400, "nbeval_instructions must be a list of strings ending with the prompt", param="nbeval_instructions")
-        truth = _json_field(fields.get("nbeval_truth"), "nbeval_truth", dict) or {}
+        truth = truth_for(_json_field(fields.get("nbeval_truth"), "nbeval_truth", dict))
         try:
             turn = int(fields.get("nbeval_turn", len(instructions)))
         except ValueError:
@@ -350,105 +354,11 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
     return app
 
 
-# --- the command ---------------------------------------------------------------------------------
-
-SERVE_USAGE = """usage: nbeval serve model=<config> [model.<key>=… and other Hydra overrides]
-                    [host=127.0.0.1] [port=8000] [max_batch=1] [batch_wait_ms=5] [max_queue=256]
-                    [key_env=NBEVAL_API_KEY] [log_level=warning]   (uvicorn's own log)
-Serves the model as an OpenAI-compatible images API (POST /v1/images/generations, /v1/images/edits).
-If the environment variable named by key_env is set, every request needs `Authorization: Bearer <it>`.
-Then: nbeval run model=openai_http model.base_url=http://HOST:PORT/v1 model.model=<served name> …"""
-
-SERVE_OPTIONS = {"host", "port", "max_batch", "batch_wait_ms", "max_queue", "key_env", "log_level"}
-
-
-def main(argv: list[str]) -> None:
-    if argv[:1] in (["-h"], ["--help"]):
-        print(SERVE_USAGE)
-        return
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        print(f"nbeval serve: not key=value: {bad}\n{SERVE_USAGE}", file=sys.stderr)
-        sys.exit(2)
-    opts = {k: v for k, v in (a.split("=", 1) for a in argv) if k in SERVE_OPTIONS}
-    overrides = [a for a in argv if a.split("=", 1)[0] not in SERVE_OPTIONS]
+def serve(adapter: ModelAdapter, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", key_env: str = DEFAULT_KEY_ENV) -> None:
+    """Serve `adapter` until interrupted (`nbeval serve`)."""
     import uvicorn
-    from hydra.utils import instantiate
 
-    from nbeval.cli import _compose
-
-    key_env = opts.get("key_env", DEFAULT_KEY_ENV)
-    try:
-        config = ServeConfig(api_key=os.environ.get(key_env, ""), max_batch=int(opts.get("max_batch", 1)),
-                             batch_wait_ms=float(opts.get("batch_wait_ms", 5)), max_queue=int(opts.get("max_queue", 256)))
-        adapter = instantiate(_compose(overrides).model)
-        app = create_app(adapter, config)
-    except Exception as e:  # noqa: BLE001 — a bad config is a message, not a traceback
-        print(f"nbeval serve: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
-    host, port = opts.get("host", "127.0.0.1"), int(opts.get("port", 8000))
+    app = create_app(adapter, config)
     log.info("serving %s (fingerprint %s) at http://%s:%d/v1 (key %s, max_batch %d)", adapter.name, adapter.fingerprint, host, port,
              f"required, from ${key_env}" if config.api_key else "not required", config.max_batch)
-    uvicorn.run(app, host=host, port=port, server_header=False, log_level=opts.get("log_level", "warning"))
-
-
-class ServeProcess:
-    """`nbeval serve` in a subprocess, for tests and benchmarks: start(), stop() (SIGTERM), kill()
-    (SIGKILL, as a crash), and start() again on the same port. Its log is `log_path`."""
-
-    def __init__(self, args: list[str], workdir: Path, port: int | None = None, env: dict | None = None) -> None:
-        from nbeval.arena.loadtest import free_port
-
-        self.args, self.workdir, self.env = list(args), Path(workdir), env or {}
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen | None = None
-        self.lives = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"serve-{self.port}-{self.lives}.log"
-
-    def start(self, timeout: float = 120) -> ServeProcess:
-        import httpx
-
-        self.lives += 1
-        with self.log_path.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "nbeval.cli", "serve", *self.args, f"port={self.port}"], cwd=self.workdir,
-                                         env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nbeval serve exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"nbeval serve did not answer within {timeout} s")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def logs(self) -> list[str]:
-        """Every life's log, oldest first."""
-        return [(self.workdir / f"serve-{self.port}-{i}.log").read_text() for i in range(1, self.lives + 1)]
-
-    def __enter__(self) -> ServeProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    uvicorn.run(app, host=host, port=port, server_header=False, log_level=log_level)

@@ -15,64 +15,25 @@ results.json, summary.md and an MLflow run like any run, tagged with the shards 
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import logging
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from nbeval.records import (
-    GENERATION_COLUMNS,
-    SAMPLE_COLUMNS,
-    SCORE_COLUMNS,
-    Sample,
-    content_hash,
-)
+from nbeval.api import SHARD_KEY, build_suite
+from nbeval.records import GENERATION_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, content_hash
+from nbeval.results import Run
+from nbeval.runner import run_order, shard_samples
+from nbeval.suite import ContestSuite, SuiteResult
 
 log = logging.getLogger(__name__)
-SHARD_KEY = "shard"  # `suite.shard`: a run-level setting under the suite group, not a suite
 _BASE_TABLES = ("samples", "generations", "scores")
-
-MERGE_USAGE = """usage: nbeval merge <shard run folder | sweep folder> … [out=DIR] [cache_dir=DIR] [mlflow=true|false] [tracking_uri=URI]
-  Assembles the shards of a sharded run into the run one unsharded job makes, e.g.
-    nbeval run -m suite.shard=0/4,1/4,2/4,3/4 model=reference suite=[counting] hydra.sweep.dir=multirun/ref
-    nbeval merge multirun/ref                       # → multirun/ref/merged/
-  Each suite's tables are concatenated, its metrics and CIs recomputed on all samples, its plots redrawn;
-  results.json, summary.md and an MLflow run (where the shards' config tracked to, under their multirun
-  parent; tracking_uri= to choose, mlflow=false for none). A sweep folder holding the shards of several
-  runs (e.g. -m model=a,b suite.shard=0/2,1/2) gives one merged run each, in out/<model>-<hash>/.
-  Refuses shards whose configs, model, scorers or suites differ, and missing or duplicated shards.
-  Images for the sample grids and galleries come from the shards' cache_dir (shared), or cache_dir=."""
 
 
 class MergeError(ValueError):
     """Shards that cannot be merged, with the reason."""
-
-
-def parse_shard(spec, n: int | None = None) -> tuple[int, int] | None:
-    """`suite.shard` → (index, count); None (the default) for an unsharded run."""
-    if spec is None or spec == "":
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
-    if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise ValueError(f"suite.shard={spec!r}: expected i/k with 0 <= i < k, e.g. suite.shard=0/4 (all four: nbeval run -m suite.shard=0/4,1/4,2/4,3/4)")
-    index, count = int(m[1]), int(m[2])
-    if n is not None and count > n:
-        raise ValueError(f"suite.shard={spec}: {count} shards of n={n} samples would leave shards empty; use at most {n}")
-    return index, count
-
-
-def suite_configs(suite_cfg) -> dict:
-    """The run's suites: the `suite` node without the run-level `shard` setting."""
-    return {name: scfg for name, scfg in suite_cfg.items() if name != SHARD_KEY}
-
-
-# --- the order an unsharded run writes its rows in (runner.generate / runner.score_suite) ----------
 
 
 def _frame(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -80,44 +41,14 @@ def _frame(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows.to_dict("records"), columns=columns)
 
 
-def order_generations(g: pd.DataFrame, position: dict[str, int]) -> pd.DataFrame:
-    """runner.generate emits turn by turn: each turn's rows in sample order, then, for the samples whose
-    turn failed there, one placeholder row for every later turn (sample order, then turn)."""
-    first_fail = g.loc[g["image_sha256"].isna()].groupby("sample_id")["turn"].min()
-    failed_at = g["sample_id"].map(first_fail)
-    placeholder = failed_at.notna() & (g["turn"] > failed_at)
-    key = pd.DataFrame({
-        "block": np.where(placeholder, failed_at, g["turn"]),
-        "placeholder": placeholder.astype(int),
-        "pos": g["sample_id"].map(position),
-        "turn": g["turn"],
-    })
-    return g.iloc[np.lexsort([key[c].to_numpy() for c in reversed(key.columns)])]
-
-
-def order_scores(s: pd.DataFrame, position: dict[str, int]) -> pd.DataFrame:
-    """runner.score_suite emits the rows of each generated turn in generation order (turn, then
-    sample), each turn's rows in the suite's order, then the whole-sample rows (turn −1) in sample
-    order. `seq`, the row's place within its shard, keeps a (sample, turn)'s own rows in order."""
-    key = pd.DataFrame({
-        "whole": (s["turn"] < 0).astype(int),
-        "turn": s["turn"],
-        "pos": s["sample_id"].map(position),
-        "seq": s["_seq"],
-    })
-    return s.iloc[np.lexsort([key[c].to_numpy() for c in reversed(key.columns)])]
-
-
-def merge_tables(parts: list[dict[str, pd.DataFrame]], samples: list[Sample]) -> dict[str, pd.DataFrame]:
-    """Each shard's samples / generations / scores (shards in index order) → the unsharded tables."""
-    position = {s.id: i for i, s in enumerate(samples)}
-    samples_df = _frame(pd.concat([p["samples"] for p in parts], ignore_index=True), SAMPLE_COLUMNS)
-    gens = pd.concat([p["generations"] for p in parts], ignore_index=True)
-    scores = pd.concat([p["scores"].assign(_seq=np.arange(len(p["scores"]))) for p in parts], ignore_index=True)
+def merge_tables(parts: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Each shard's samples / generations / scores (shards in index order) → the unsharded tables:
+    concatenated and sorted by the runner's own order columns (`runner.run_order`)."""
+    cat = {t: pd.concat([p[t] for p in parts], ignore_index=True) for t in _BASE_TABLES}
     return {
-        "samples": samples_df,
-        "generations": _frame(order_generations(gens, position), GENERATION_COLUMNS),
-        "scores": _frame(order_scores(scores, position), SCORE_COLUMNS).astype({"value": "float64"}),
+        "samples": _frame(cat["samples"].sort_values("sample_index", kind="stable"), SAMPLE_COLUMNS).astype({"sample_index": "int64"}),
+        "generations": _frame(run_order(cat["generations"]), GENERATION_COLUMNS).astype({"sample_index": "int64"}),
+        "scores": _frame(run_order(cat["scores"]), SCORE_COLUMNS).astype({"value": "float64", "sample_index": "int64"}),
     }
 
 
@@ -239,22 +170,9 @@ def group_shards(shards: list[Shard]) -> list[list[Shard]]:
 # --- merging -----------------------------------------------------------------------------------------
 
 
-def _build_suite(name: str, scfg: dict):
-    from hydra.utils import instantiate
-
-    from nbeval.registry import load
-
-    return instantiate(scfg) if "_target_" in scfg else load(name)(**scfg)
-
-
-def merge_group(shards: list[Shard], out: Path, cache_dir: str | None = None) -> tuple[dict, list, dict]:
-    """One run's shards (checked, in index order) → (results.json content, SuiteResults, suites),
-    written to `out` like a run folder."""
-    from nbeval import __version__
+def merge_group(shards: list[Shard], cache_dir: str | None = None) -> Run:
+    """One run's shards (checked, in index order) → the whole run, for `api.finalize`."""
     from nbeval.cache import Cache
-    from nbeval.results import git_sha, package_versions, suite_record, write_run
-    from nbeval.runner import SuiteResult, shard_block
-    from nbeval.suite import ContestSuite
 
     first = shards[0].res
     config = copy.deepcopy(first["config"])
@@ -265,15 +183,14 @@ def merge_group(shards: list[Shard], out: Path, cache_dir: str | None = None) ->
     if len({s.res.get("git_sha") for s in shards}) > 1:
         log.warning("the shards ran on different nbeval commits (%s); their configs, fingerprints and suite versions agree",
                     ", ".join(sorted({str(s.res.get('git_sha')) for s in shards})))
-    results, suites = [], {}
+    results = []
     for name, rec in first["suites"].items():
-        suite = _build_suite(name, config["suite"][name])
+        suite = build_suite(name, config["suite"][name])
         if isinstance(suite, ContestSuite):
             raise MergeError(f"suite {name!r} compares models and cannot be merged from shards")
         if suite.version != rec["version"] or suite.params() != rec["params"]:
             raise MergeError(f"suite {name!r} is now version {suite.version} with params {suite.params()}, "
                              f"but the shards ran version {rec['version']} with {rec['params']}: rerun them")
-        samples = suite.samples(n, seed)
         parts = []
         for s in shards:
             srec = s.res["suites"][name]
@@ -283,41 +200,31 @@ def merge_group(shards: list[Shard], out: Path, cache_dir: str | None = None) ->
                 tables = {t: pd.read_parquet(s.dir / srec["tables"][t]) for t in _BASE_TABLES}
             except (OSError, ValueError) as e:
                 raise MergeError(f"{s.dir}: cannot read suite {name!r}'s tables ({e})") from e
-            want = [x.key for x in samples[shard_block(len(samples), s.index, count, unit=config['batch_size'])]]
+            want = [x.key for x in shard_samples(suite, n, seed, config["batch_size"], (s.index, count))[0]]
             if list(tables["samples"]["sample_key"]) != want:
                 raise MergeError(f"{s.dir}: suite {name!r} shard {s.spec} holds other samples than block {s.spec} of "
                                  f"samples(n={n}, seed={seed}) ({len(tables['samples'])} rows, {len(want)} expected): "
                                  "its samples changed since it ran, or its tables were edited")
             parts.append(tables)
-        tables = merge_tables(parts, samples)
+        tables = merge_tables(parts)
         valid = tables["scores"][tables["scores"]["error"].isna()]
         metrics = suite.aggregate(valid, tables["samples"]) if len(valid) else {}
         seconds = {k: sum(s.res["suites"][name]["seconds"].get(k, 0.0) for s in shards) for k in rec["seconds"]}
         cached = sum(s.res["suites"][name]["cached_readings"] for s in shards)
         results.append(SuiteResult(suite, tables["samples"], tables["generations"], tables["scores"], metrics, cached, seconds))
-        suites[name] = suite
-
-    out.mkdir(parents=True, exist_ok=True)
-    res = {k: v for k, v in first.items() if k not in ("shard", "mlflow_run_id", "suites")}
-    res.update({
-        "nbeval_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "versions": package_versions(),
-        "config": config,
-        "suites": {r.suite.name: suite_record(r, out) for r in results},
-        "merged_from": [{"shard": s.spec, "run_dir": str(s.dir.resolve()), "mlflow_run_id": s.res.get("mlflow_run_id"),
-                         "git_sha": s.res.get("git_sha"), "created_at": s.res.get("created_at")} for s in shards],
-    })
     cache = Cache(config["cache_dir"])
     missing = sum(1 for r in results for sha in r.generations["image_sha256"].dropna() if not cache.has_image(sha))
     if missing:
         log.warning("%d images of the shards are not in cache_dir %s: sample grids and galleries need the shards' (shared) cache; pass cache_dir=", missing, config["cache_dir"])
-    write_run(res, results, cache, out)
-    return res, results, suites
+    shard_tags = {k: v for k, v in first["shard"].get("tags", {}).items() if k not in ("nbeval.kind", "nbeval.shard")}
+    tags = {**shard_tags, "nbeval.shards": str(len(shards)),
+            "nbeval.merged_from": ",".join(str(s.res.get("mlflow_run_id")) for s in shards)[:5000]}
+    merged_from = [{"shard": s.spec, "run_dir": str(s.dir.resolve()), "mlflow_run_id": s.res.get("mlflow_run_id"),
+                    "git_sha": s.res.get("git_sha"), "created_at": s.res.get("created_at")} for s in shards]
+    return Run(config, first["models"], first["scorers"], results, tags=tags, merged_from=merged_from)
 
 
-def _parent_run(shards: list[Shard]) -> str | None:
+def parent_run(shards: list[Shard]) -> str | None:
     """The MLflow parent of the shards' multirun, when they all come from one sweep folder."""
     from nbeval.tracking import PARENT_RUN_FILE
 
@@ -327,34 +234,8 @@ def _parent_run(shards: list[Shard]) -> str | None:
     return None
 
 
-def track(res: dict, results: list, out: Path, shards: list[Shard], tracking_uri: str | None = None) -> str | None:
-    """Log the merged run like any run (kind run), tagged with the shards' run ids."""
-    from hydra.utils import instantiate
-
-    tcfg = dict(res["config"].get("tracking") or {})
-    if not tcfg:
-        print("the shards ran with tracking=none: no MLflow run for the merge either", flush=True)
-        return None
-    if tracking_uri:
-        tcfg["uri"] = tracking_uri
-    tracker = instantiate(tcfg)
-    shard_tags = {k: v for k, v in shards[0].res["shard"].get("tags", {}).items() if k not in ("nbeval.kind", "nbeval.shard")}
-    tags = {**shard_tags, "nbeval.shards": str(len(shards)),
-            "nbeval.merged_from": ",".join(str(s.res.get("mlflow_run_id")) for s in shards)[:5000]}
-    run_id = tracker.log_or_keep(res, results, out, parent_run_id=_parent_run(shards), tags=tags)
-    if run_id:
-        res["mlflow_run_id"] = run_id
-        (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
-        print(f"MLflow run {run_id} at {tracker.target()}", flush=True)
-    else:  # the store is down: the merged run is complete in its folder, marked PENDING_SYNC
-        print(f"MLflow: not logged ({tracker.target()} failed; see the warning); the run is kept for: nbeval sync {out}", flush=True)
-    return run_id
-
-
-def merge(paths: list[str | Path], out: Path | None = None, cache_dir: str | None = None, mlflow: bool = True, tracking_uri: str | None = None) -> list[tuple[Path, dict]]:
-    """Find, check and merge; returns (run folder, results) per merged run."""
-    from nbeval.results import summary_markdown
-
+def merge(paths: list[str | Path], out: Path | None = None, cache_dir: str | None = None) -> list[tuple[Path, Run, list[Shard]]]:
+    """Find, check and merge: (run folder to write, the merged Run, its shards) per run found."""
     shards = find_shards(paths)
     groups = group_shards(shards)
     if out is None:
@@ -365,29 +246,5 @@ def merge(paths: list[str | Path], out: Path | None = None, cache_dir: str | Non
         where = out if len(groups) == 1 else out / f"{members[0].res['model']['name']}-{content_hash(identity(members[0].res))[:8]}"
         if (where / "results.json").is_file() and "merged_from" not in _load(where):
             raise MergeError(f"{where} holds a run that is not a merge; choose another out=")
-        res, results, suites = merge_group(members, where, cache_dir)
-        print(summary_markdown(res, suites), flush=True)
-        if mlflow:
-            track(res, results, where, members, tracking_uri)
-        print(f"merged {len(members)} shards ({', '.join(str(s.dir) for s in members)}) into run folder: {where}", flush=True)
-        done.append((where, res))
+        done.append((where, merge_group(members, cache_dir), members))
     return done
-
-
-def main(argv: list[str]) -> None:
-    if not argv or argv[:1] in (["-h"], ["--help"]):
-        print(MERGE_USAGE, file=sys.stdout if argv else sys.stderr)
-        sys.exit(0 if argv else 2)
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    paths = [a for a in argv if "=" not in a]
-    unknown = set(opts) - {"out", "cache_dir", "mlflow", "tracking_uri"}
-    if unknown or not paths:
-        why = f"unknown options {', '.join(sorted(unknown))}" if unknown else "name the shard run folders or their sweep folder"
-        print(f"nbeval merge: {why}\n{MERGE_USAGE}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        merge(paths, Path(opts["out"]) if "out" in opts else None, opts.get("cache_dir"),
-              opts.get("mlflow", "true").lower() not in ("false", "0", "no"), opts.get("tracking_uri"))
-    except MergeError as e:
-        print(f"nbeval merge: {e}", file=sys.stderr)
-        sys.exit(2)

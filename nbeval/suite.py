@@ -1,14 +1,15 @@
 """The suite protocol. A suite makes samples with exact truth, turns scorer readings into metric
-values and aggregates them with confidence intervals; the runner does the generating, the scoring
-calls and the caching, so every suite gets batching and resume for free."""
+values and aggregates them with confidence intervals; the runner does the generating, the reading
+and the caching, so every suite gets batching and resume for free. A suite's name is the key the
+run's config gives it (`suite.<name>`), set by the orchestrator, never derived from a parameter."""
 
 from __future__ import annotations
 
 import json
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -20,7 +21,6 @@ from nbeval.stats import Estimate, bootstrap_mean, proportion
 if TYPE_CHECKING:
     from nbeval.adapters.base import ModelAdapter
     from nbeval.cache import Cache
-    from nbeval.runner import SuiteResult
     from nbeval.scorers.base import Scorer
 
 
@@ -33,9 +33,9 @@ class MetricSpec:
 
 
 class Suite(ABC):
-    name: str = "suite"
+    name: str = "suite"  # the default; a run names each suite by its config key
     version: str = "1"
-    scorers: tuple[str, ...] = ()  # scorer roles it reads images with, e.g. ("ocr",)
+    scorers: Mapping[str, type] = {}  # scorer role it reads images with → the reading it expects (nbeval.readings)
     capabilities: frozenset[str] = frozenset({"generate"})
     metrics: tuple[MetricSpec, ...] = ()
     headline: tuple[str, ...] = ()  # metrics shown first in summaries
@@ -82,8 +82,9 @@ class Suite(ABC):
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         """Metric name → estimate with CI. `scores` holds only rows without errors."""
 
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
-        """Name → matplotlib Figure; none by default."""
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        """Name → matplotlib Figure, drawn from the scores and the metrics `aggregate` computed (never
+        recomputed here: bootstraps are the expensive part); none by default."""
         return {}
 
     def galleries(self, scores: pd.DataFrame, samples: pd.DataFrame, generations: pd.DataFrame, image: Callable[[str], Image.Image]) -> dict:
@@ -95,19 +96,55 @@ class Suite(ABC):
         return next((m for m in self.metrics if m.name == base), None)
 
 
+@dataclass
+class SuiteResult:
+    """One suite's run: its tables (samples, generations, scores and its own), metrics and costs."""
+
+    suite: Suite
+    samples: pd.DataFrame
+    generations: pd.DataFrame
+    scores: pd.DataFrame
+    metrics: dict[str, Estimate]
+    cached_readings: int = 0  # scorer readings served by the cache
+    seconds: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # a suite's own, e.g. the arena's battles
+
+    @property
+    def n_failed_generations(self) -> int:
+        return int(self.generations["error"].notna().sum())
+
+    @property
+    def n_failed_scores(self) -> int:
+        return int(self.scores.loc[self.scores["error"].notna(), "sample_id"].nunique())
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run lends a suite that drives the runner itself (a contest): the run's scorers by role,
+    its cache, n, seed and batch size, and `score`, the runner bound to all of them (one suite, one
+    model → its SuiteResult), so a contest makes its images and readings exactly as a run would."""
+
+    scorer_for: Callable[[str], Scorer]
+    cache: Cache
+    n: int
+    seed: int
+    batch_size: int
+    score: Callable[[Suite, ModelAdapter], SuiteResult]
+
+
 class ContestSuite(Suite):
     """A suite that rates models against each other (an arena) instead of scoring each alone: a run
     with `model=[a,b,…]` hands it every model at once, and every other suite refuses such a run.
-    It makes its images and readings through the runner like any suite, so they come from the
-    shared cache, and its result may carry tables of its own (`SuiteResult.tables`)."""
+    It makes its images and readings through the run's runner (`RunContext.score`), so they come from
+    the shared cache, and its result may carry tables of its own (`SuiteResult.tables`)."""
 
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         raise TypeError(f"suite {self.name!r} compares models: the run calls its contest(), not score()")
 
     @abstractmethod
-    def contest(self, models: list[ModelAdapter], scorer_for: Callable[[str], Scorer], cache: Cache, n: int, seed: int, batch_size: int) -> SuiteResult:
-        """Every model on `n` samples, compared; the result's `generations` and `scores` hold every
-        model's rows (a `model` column tells them apart)."""
+    def contest(self, models: list[ModelAdapter], run: RunContext) -> SuiteResult:
+        """Every model on the run's samples, compared; the result's `generations` and `scores` hold
+        every model's rows (a `model` column tells them apart)."""
 
     def contest_plots(self, result: SuiteResult) -> dict:
         """Name → matplotlib Figure drawn from the whole result (its own tables too); none by default."""

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from nbeval.tracking import PARENT_RUN_FILE, PENDING_FILE, MLflowTracker, error_text, folder_lock, read_pending, write_pending
+from nbeval.tracking import PARENT_RUN_FILE, PENDING_FILE, MLflowTracker, error_text, folder_lock, read_pending, record_run_id, write_pending
 
 DEFAULT_DIRS = ("outputs", "multirun")  # Hydra's run and sweep folders, relative to where `nbeval run` ran
 
@@ -67,13 +67,11 @@ def sync_folder(folder: Path, record: dict, uri: str | None = None) -> tuple[str
         try:
             res = json.loads((folder / "results.json").read_text())
             present = tracker.find_logged(folder)
-            run_id = present or tracker.log_run(res, None, folder, _sweep_parent(record), record.get("tags") or {})
+            run_id = present or tracker.log_run(res, folder, _sweep_parent(record), record.get("tags") or {})
         except Exception as e:  # noqa: BLE001 — reported; the marker stays for the next sync
             write_pending(folder, {**record, "error": error_text(e)})
             return "pending", error_text(e)
-        if res.get("mlflow_run_id") != run_id:
-            res["mlflow_run_id"] = run_id
-            (folder / "results.json").write_text(json.dumps(res, indent=2, default=str))
+        record_run_id(folder, run_id)
         (folder / PENDING_FILE).unlink(missing_ok=True)
     return ("present" if present else "uploaded"), f"run {run_id} at {tracker.target()}"
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nbeval.records import content_hash
-from nbeval.runner import SuiteResult
+from nbeval.results import write_json
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -48,6 +48,14 @@ def run_uid(out_dir: Path) -> str:
     res = json.loads((Path(out_dir) / "results.json").read_text())
     res.pop("mlflow_run_id", None)
     return content_hash(res)[:32]
+
+
+def record_run_id(out_dir: Path, run_id: str) -> None:
+    """Write the MLflow run id into the folder's results.json (the run's and `nbeval sync`'s one way)."""
+    path = Path(out_dir) / "results.json"
+    res = json.loads(path.read_text())
+    if res.get("mlflow_run_id") != run_id:
+        write_json(path, {**res, "mlflow_run_id": run_id})
 
 
 def read_pending(folder: Path) -> dict | None:
@@ -113,6 +121,18 @@ def metric_items(suite: str, metrics: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+class NullTracker:
+    """`tracking=none`: results stay in the run folder only."""
+
+    active = False
+
+    def target(self) -> str:
+        return "none (tracking=none)"
+
+    def log_or_keep(self, res: dict, out_dir: Path, parent_run_id: str | None = None, tags: dict | None = None) -> None:
+        return None
+
+
 class MLflowTracker:
     """Where runs are logged. `http_retries` / `http_timeout` bound one upload to an MLflow server
     (MLflow's own defaults retry for minutes; MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT in the
@@ -123,6 +143,8 @@ class MLflowTracker:
         self.uri, self.experiment = uri, experiment
         self.http_retries, self.http_timeout, self.check_timeout = http_retries, http_timeout, check_timeout
         self._experiment_id: str | None = None
+
+    active = True
 
     def target(self) -> str:
         """The tracking URI in full (this tracker's, else MLFLOW_TRACKING_URI, else MLflow's default),
@@ -206,12 +228,12 @@ class MLflowTracker:
                 log.warning("deleted the half-logged MLflow run %s of %s (status %s); it is logged anew", run.info.run_id, out_dir, run.info.status)
             return done
 
-    def log_run(self, res: dict, results: list[SuiteResult] | None, out_dir: Path, parent_run_id: str | None = None, tags: dict | None = None) -> str:
+    def log_run(self, res: dict, out_dir: Path, parent_run_id: str | None = None, tags: dict | None = None) -> str:
         """Log a finished run folder; returns the MLflow run id; raises when the store fails (see
         `log_or_keep`). Everything comes from the folder — `res` is its results.json, the tables are
-        its Parquet files (`results` is not needed: accepted for callers holding it) — so `nbeval
-        sync` logs a folder later exactly like this. A folder already logged is not logged again. The
-        run starts at the results' `created_at`, so a run uploaded late sits where it ran in time."""
+        its Parquet files — so `nbeval sync` logs a folder later exactly like this. A folder already
+        logged is not logged again. The run starts at the results' `created_at`, so a run uploaded
+        late sits where it ran in time."""
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -260,23 +282,24 @@ class MLflowTracker:
         log.info("logged MLflow run %s in %.1f s", run.info.run_id, time.perf_counter() - t0)
         return run.info.run_id
 
-    def log_or_keep(self, res: dict, results: list[SuiteResult] | None, out_dir: Path, parent_run_id: str | None = None, tags: dict | None = None) -> str | None:
-        """`log_run`, or — when the store cannot be reached or fails during the upload — keep the run
-        for `nbeval sync`: the folder keeps its PENDING_SYNC marker (with the error), a warning says
-        so, and None is returned. Never raises for the store: the evaluation succeeded and all of it
-        is in the folder."""
+    def log_or_keep(self, res: dict, out_dir: Path, parent_run_id: str | None = None, tags: dict | None = None) -> str | None:
+        """`log_run` and the run id recorded in results.json, or — when the store cannot be reached or
+        fails during the upload — keep the run for `nbeval sync`: the folder keeps its PENDING_SYNC
+        marker (with the error), a warning says so, and None is returned. Never raises for the store:
+        the evaluation succeeded and all of it is in the folder."""
         out_dir = Path(out_dir)
         fields = {"kind": "run", "parent_run_id": parent_run_id, "tags": dict(tags or {})}
         with folder_lock(out_dir):
             self.keep_pending(out_dir, "the upload did not finish (the process ended during it)", **fields)
             try:
-                run_id = self.log_run(res, results, out_dir, parent_run_id, tags)
+                run_id = self.log_run(res, out_dir, parent_run_id, tags)
             except Exception as e:  # noqa: BLE001 — any failure of the store: the results are safe in the folder
                 self.keep_pending(out_dir, e, **fields)
                 log.warning("MLflow tracking at %s failed (%s): the run is kept in %s (marker %s); upload it later with: nbeval sync %s",
                             self.target(), error_text(e)[:300], out_dir, PENDING_FILE, out_dir)
                 log.debug("the tracking failure", exc_info=True)
                 return None
+            record_run_id(out_dir, run_id)
             (out_dir / PENDING_FILE).unlink(missing_ok=True)
         return run_id
 

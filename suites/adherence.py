@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
+from nbeval.clipmetrics import beats, clip_score, clip_score_terms, hessel, r_precision_hits
 from nbeval.plots import bar_with_ci, plt
+from nbeval.readings import ClipReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
@@ -28,7 +31,7 @@ _TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An i
 class AdherenceSuite(Suite):
     name = "adherence"
     version = "2"
-    scorers = ("clip",)
+    scorers = {"clip": ClipReading}
     metrics = (
         MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline)", proportion=True),
         MetricSpec("pairwise", True, "the prompt beats the hard negative of one kind: pairwise/<colour|shape|count|relation>", proportion=True),
@@ -71,16 +74,16 @@ class AdherenceSuite(Suite):
         return {"caption": t["caption"], "negatives": t["negatives"]}
 
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
-        r = readings["clip"]
-        cos, neg = r["cos"], r["negatives"]
+        r: ClipReading = readings["clip"]
+        cos, neg = np.array([r["cos"]]), np.array([[r["negatives"].get(k, np.nan) for k in NEGATIVE_KINDS]])
         values = {
-            "cos": cos,
-            "clip_score": 100 * cos,  # clamped at zero on the mean, in aggregate (torchmetrics' definition)
-            "clipscore_hessel": 2.5 * max(cos, 0.0),
-            "r_precision": float(all(cos > v for v in neg.values())),
-            **{f"pairwise/{k}": float(cos > v) for k, v in neg.items()},
+            "cos": r["cos"],
+            "clip_score": float(clip_score_terms(cos)[0]),  # clamped at zero on the mean, in aggregate
+            "clipscore_hessel": float(hessel(cos)[0]),
+            "r_precision": float(r_precision_hits(cos, neg)[0]),
+            **{f"pairwise/{k}": float(b) for k, b in zip(NEGATIVE_KINDS, beats(cos, neg)[0]) if k in r["negatives"]},
         }
-        detail = json.dumps({"caption": sample.truth[turn]["caption"], "cos": cos, "negatives": neg})
+        detail = json.dumps({"caption": sample.truth[turn]["caption"], "cos": r["cos"], "negatives": r["negatives"]})
         return [Score(sample.id, turn, "clip", m, v, detail) for m, v in values.items()]
 
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
@@ -89,15 +92,14 @@ class AdherenceSuite(Suite):
         out = estimate_metrics(wide, (by_name["r_precision"],), breakdowns=("type",))
         pairwise = tuple(MetricSpec(f"pairwise/{k}", True, "", proportion=True) for k in NEGATIVE_KINDS)
         out |= estimate_metrics(wide, (*pairwise, by_name["clipscore_hessel"]))
-        mean = bootstrap_mean(wide["clip_score"].to_numpy())  # torchmetrics clamps the mean, not each sample
-        out["clip_score"] = Estimate(max(mean.value, 0.0), max(mean.ci_low, 0.0), max(mean.ci_high, 0.0), mean.n, mean.method)
+        mean = bootstrap_mean(wide["clip_score"].to_numpy())  # the clamp is on the mean (clipmetrics.clip_score)
+        out["clip_score"] = Estimate(clip_score(mean.value), clip_score(mean.ci_low), clip_score(mean.ci_high), mean.n, mean.method)
         return out
 
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
-        est = self.aggregate(scores, samples)
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        bar_with_ci(axes[0], {k.split("/type_")[1]: v for k, v in est.items() if k.startswith("r_precision/type_")}, "R-precision by prompt type", ylim=(0, 1.05))
-        bar_with_ci(axes[1], {k.split("/")[1]: v for k, v in est.items() if k.startswith("pairwise/")}, "prompt beats the negative that changes…", ylim=(0, 1.05))
+        bar_with_ci(axes[0], {k.split("/type_")[1]: v for k, v in metrics.items() if k.startswith("r_precision/type_")}, "R-precision by prompt type", ylim=(0, 1.05))
+        bar_with_ci(axes[1], {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("pairwise/")}, "prompt beats the negative that changes…", ylim=(0, 1.05))
         first = scores.drop_duplicates(["sample_id", "turn"])
         details = [json.loads(d) for d in first["detail"]]
         axes[2].hist([d["cos"] for d in details], bins=30, alpha=0.7, label="prompt")

@@ -4,8 +4,9 @@ automatic judge and rated by Bradley–Terry with bootstrap confidence intervals
     nbeval run suite=arena model=[reference,reference_noplan]                   # suite judge on counting
     nbeval run suite=arena model=[oracle,oracle_drop] model.severity=3 judge=clip suite.arena.base=adherence
 
-Each model answers the base suite's samples through the runner, so its images and readings come from
-(and go to) the shared cache exactly as in a run of the base suite alone. Each sample then becomes a
+Each model answers the base suite's samples through the run's runner, so its images and readings come
+from (and go to) the shared cache exactly as in a run of the base suite alone: the base suite is built
+from its own config (`conf/suite/<base>.yaml`, `base_params` over it), as that run builds it. Each sample then becomes a
 battle between every pair of models (or `pairs_per_sample` random pairs), sides drawn at random from
 the seed so that a judge with a position bias (a VLM) favours no model; the judge (`conf/judge/`)
 decides each one and its fingerprint goes into every battle row. Tables: `battles` (battle_id,
@@ -19,23 +20,19 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from nbeval.adapters.base import ModelAdapter
+from nbeval.api import configured_suite
 from nbeval.arena.judges import Battle, Judge, JudgeContext, Side, SuiteJudge
 from nbeval.arena.publish import plot_ratings
 from nbeval.arena.ratings import SCORE_OF_A, leaderboard, pair_matrices
 from nbeval.arena.sampling import uniform_pairs
-from nbeval.cache import Cache
 from nbeval.records import Sample, content_hash
-from nbeval.registry import load
-from nbeval.runner import SuiteResult, score_suite
-from nbeval.scorers.base import Scorer
 from nbeval.stats import Estimate, wilson
-from nbeval.suite import ContestSuite, MetricSpec
+from nbeval.suite import ContestSuite, MetricSpec, RunContext, SuiteResult
 
 
 def sides(model: str, result: SuiteResult) -> dict[str, Side]:
@@ -69,10 +66,10 @@ class ArenaSuite(ContestSuite):
         anchor: str | None = None,
         anchor_rating: float = 1000.0,
     ) -> None:
-        """`base`: a registered suite whose samples the models answer, built with `base_params`;
+        """`base`: a suite whose samples the models answer, as its config builds it with `base_params` over it;
         `pairs_per_sample`: None battles every pair of models on every sample, k draws k pairs;
         `rounds`, `anchor`, `anchor_rating`: the ratings' bootstrap and scale (ratings.leaderboard)."""
-        self.base = load(base)(**(base_params or {}))
+        self.base = configured_suite(base, base_params)
         super().__init__(self.base.image_size)
         if isinstance(self.base, ContestSuite):
             raise ValueError(f"the arena's base must score single models; {base!r} is itself a contest")
@@ -99,20 +96,20 @@ class ArenaSuite(ContestSuite):
         pairs = list(itertools.combinations(names, 2))
         return [[(b, a) if flip else (a, b) for (a, b), flip in zip(pairs, rng.random(len(pairs)) < 0.5)] for _ in range(n_samples)]
 
-    def contest(self, models: list[ModelAdapter], scorer_for: Callable[[str], Scorer], cache: Cache, n: int, seed: int, batch_size: int) -> SuiteResult:
+    def contest(self, models: list[ModelAdapter], run: RunContext) -> SuiteResult:
         names = [m.name for m in models]
         if len(set(names)) < len(names):
             raise ValueError(f"the arena tells models apart by name, but two share one: {names} (set model.name)")
         t0 = time.perf_counter()
-        runs = {m.name: score_suite(self.base, m, scorer_for, cache, n, seed, batch_size) for m in models}
+        runs = {m.name: run.score(self.base, m) for m in models}
         t1 = time.perf_counter()
-        ctx = JudgeContext(self.base, scorer_for, cache, batch_size)
+        ctx = JudgeContext(self.base, run.scorer_for, run.cache, run.batch_size)
         fingerprint = self.judge.fingerprint(ctx)
         by_model = {name: sides(name, r) for name, r in runs.items()}
-        samples = self.samples(n, seed)
+        samples = self.samples(run.n, run.seed)
         battles = [
             Battle(content_hash([fingerprint, s.key, a, b, k])[:16], s, by_model[a][s.id], by_model[b][s.id])
-            for s, pairs in zip(samples, self._pairs(names, len(samples), seed)) for k, (a, b) in enumerate(pairs)
+            for s, pairs in zip(samples, self._pairs(names, len(samples), run.seed)) for k, (a, b) in enumerate(pairs)
         ]
         winners = self.judge.judge(battles, ctx)
         t2 = time.perf_counter()

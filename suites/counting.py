@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nbeval.plots import bar_with_ci, plt
+from nbeval.readings import CounterReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, proportion
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
@@ -29,7 +30,7 @@ OFF_BY_RANGE = range(-3, 4)
 class CountingSuite(Suite):
     name = "counting"
     version = "1"
-    scorers = ("counter",)
+    scorers = {"counter": CounterReading}
     metrics = (
         MetricSpec("exact_accuracy", True, "all requested groups exact, nothing else present", proportion=True),
         MetricSpec("geneval_pass", True, "GenEval counting rule: per requested kind, count equals request", proportion=True),
@@ -107,9 +108,8 @@ class CountingSuite(Suite):
             out[f"off_by_k/{k}"] = proportion((errors == k).astype(float))
         return out
 
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
-        wide = wide_table(scores, samples)
-        by_count = estimate_metrics(wide, self.metrics[:1], ("count",))
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        by_count = {k: v for k, v in metrics.items() if k.startswith(f"{self.metrics[0].name}/count_")}
         first = scores.drop_duplicates(["sample_id", "turn"])
         requested = [next(iter(json.loads(d)["requested"].values())) for d in first["detail"]]
         found = [r + json.loads(d)["errors"][0] for r, d in zip(requested, first["detail"])]

@@ -1,10 +1,11 @@
 """Multi-turn edit drift: does a model make the requested change, and keep everything else, turn after turn?
 
 A sample is a chain: a start scene (shapes and a word) and T edits from the world's edit operations,
-each with its exact after-scene. Two protocols, named as such:
-- *iterative* (`drift`): turn t edits the model's own turn t-1 image — the real conversational case;
-- *ground-truth input* (`drift_gt`): turn t edits the true turn t-1 image, so errors cannot pile up
-  and what remains is the model's per-edit damage.
+each with its exact after-scene. Two protocols (`protocol`; configs `drift` and `drift_gt` pick one
+each, and a suite is named by its config key, whatever its protocol):
+- *iterative*: turn t edits the model's own turn t-1 image — the real conversational case;
+- *ground-truth input* (`ground_truth`): turn t edits the true turn t-1 image, so errors cannot pile
+  up and what remains is the model's per-edit damage.
 Chains are the same under both protocols (the sample seed ignores the protocol), so they pair.
 
 Per turn: `edit_success` (the requested change is there: the counter's census of the edited kind and
@@ -33,6 +34,7 @@ from PIL import Image
 
 from nbeval.galleries import filmstrips
 from nbeval.plots import plt
+from nbeval.readings import CounterReading, OCRReading, PixelsReading
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, proportion
 from nbeval.suite import MetricSpec, Suite, wide_table
@@ -42,7 +44,7 @@ from nbeval.world.edits import changed_boxes, possible_ops
 from nbeval.world.layout import word_box
 from nbeval.world.prompts import N_PHRASINGS, position_phrase
 
-PROTOCOLS = {"iterative": "drift", "ground_truth": "drift_gt"}
+PROTOCOLS = ("iterative", "ground_truth")
 PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips")
 PIXEL_METRICS = ("ssim", "psnr", "lpips")  # lpips only in readings of a pixels scorer given LPIPS weights
 
@@ -94,7 +96,7 @@ def _chain_slope(turns: np.ndarray, values: np.ndarray) -> float:
 
 class DriftSuite(Suite):
     version = "2"
-    scorers = ("pixels", "counter", "ocr")
+    scorers = {"pixels": PixelsReading, "counter": CounterReading, "ocr": OCRReading}
     capabilities = frozenset({"generate", "edit"})
     metrics = (
         MetricSpec("drift_slope", True, "per-chain OLS slope of preservation SSIM over turns (0 = no drift)"),
@@ -116,11 +118,10 @@ class DriftSuite(Suite):
     def __init__(self, image_size: int = 256, turns: int = 5, protocol: str = "iterative", min_preservation: float = 0.9) -> None:
         super().__init__(image_size)
         if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         if turns < 1:
             raise ValueError(f"a drift chain needs at least one edit turn, got turns={turns}")
         self.turns, self.protocol, self.min_preservation = int(turns), protocol, float(min_preservation)
-        self.name = PROTOCOLS[protocol]
 
     def params(self) -> dict:
         return {**super().params(), "turns": self.turns, "protocol": self.protocol, "min_preservation": self.min_preservation}
@@ -265,8 +266,8 @@ class DriftSuite(Suite):
         return out
 
     # --- figures ----------------------------------------------------------------------------------
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
-        est = self.aggregate(scores, samples)
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        est = metrics
         panels = [("preservation_ssim", "preservation SSIM vs turn 0"), ("fidelity_ssim", "fidelity SSIM vs true turn"),
                   ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]
         if any(k.startswith("preservation_lpips/turn_") for k in est):  # only when the user gave LPIPS weights

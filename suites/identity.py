@@ -23,6 +23,7 @@ from PIL import Image
 
 from nbeval.galleries import filmstrips
 from nbeval.plots import plt
+from nbeval.readings import IdentityReading
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, pair_auc
 from nbeval.suite import MetricSpec, Suite
@@ -50,7 +51,7 @@ def _resize_phrase(before: str, after: str) -> str:
 class IdentitySuite(Suite):
     name = "identity"
     version = "1"
-    scorers = ("identity",)
+    scorers = {"identity": IdentityReading}
     capabilities = frozenset({"generate", "edit"})
     metrics = (
         MetricSpec("verification_auc", True, "ROC-AUC of same vs different identity image pairs by embedding cosine (CI resamples samples)"),
@@ -113,11 +114,6 @@ class IdentitySuite(Suite):
         emb = np.array([json.loads(d)["embedding"] for d in rows["detail"]])
         return emb, rows["sample_id"].to_numpy(), np.array([identity[s] for s in rows["sample_id"]])
 
-    @staticmethod
-    def _reference_by_turn(scores: pd.DataFrame) -> dict[int, Estimate]:
-        per_turn = scores[scores["metric"] == "reference_similarity"]
-        return {int(t): bootstrap_mean(group["value"].to_numpy()) for t, group in per_turn.groupby("turn")}
-
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         per_turn = scores[scores["metric"] == "reference_similarity"]
         pairwise = scores[scores["metric"] == "mean_pairwise_similarity"]
@@ -125,13 +121,13 @@ class IdentitySuite(Suite):
             "mean_pairwise_similarity": bootstrap_mean(pairwise["value"].to_numpy()),
             "reference_similarity": bootstrap_mean(per_turn.groupby("sample_id")["value"].mean().to_numpy()),
         }
-        out |= {f"reference_similarity/turn_{t}": e for t, e in self._reference_by_turn(scores).items()}
+        out |= {f"reference_similarity/turn_{t}": bootstrap_mean(g["value"].to_numpy()) for t, g in per_turn.groupby("turn")}
         emb, group, label = self._embeddings(scores, samples)
         if len(np.unique(group)) > 1:
             out["verification_auc"] = pair_auc(emb @ emb.T, group, label)
         return out
 
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
         emb, group, label = self._embeddings(scores, samples)
         sim = emb @ emb.T
         a, b = np.triu_indices(len(sim), k=1)
@@ -141,8 +137,8 @@ class IdentitySuite(Suite):
         axes[0].hist(sim[a, b][same], bins=40, density=True, alpha=0.6, label="same identity")
         axes[0].set_title("cosine of image pairs")
         axes[0].legend()
-        by_turn = self._reference_by_turn(scores)  # not aggregate(): its AUC bootstrap is not plotted
-        turns, vals = list(by_turn), list(by_turn.values())
+        by_turn = sorted((int(k.split("/turn_")[1]), v) for k, v in metrics.items() if k.startswith("reference_similarity/turn_"))
+        turns, vals = [t for t, _ in by_turn], [v for _, v in by_turn]
         axes[1].errorbar(turns, [v.value for v in vals], yerr=[[v.value - v.ci_low for v in vals], [v.ci_high - v.value for v in vals]], marker="o", capsize=4)
         axes[1].set_xlabel("turn")
         axes[1].set_title("similarity to the reference render, by turn")

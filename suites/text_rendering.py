@@ -13,6 +13,7 @@ import random
 import pandas as pd
 
 from nbeval.plots import bar_with_ci, plt
+from nbeval.readings import OCRReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
@@ -38,7 +39,7 @@ def _text_for(tier: str, rng: random.Random) -> str:
 class TextRenderingSuite(Suite):
     name = "text_rendering"
     version = "1"
-    scorers = ("ocr",)
+    scorers = {"ocr": OCRReading}
     metrics = (
         MetricSpec("exact_match", True, "normalised OCR reading equals the requested text", proportion=True),
         MetricSpec("word_recall", True, "requested words found in the reading (multiset)"),
@@ -86,12 +87,13 @@ class TextRenderingSuite(Suite):
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         return estimate_metrics(wide_table(scores, samples), self.metrics, breakdowns=("tier", "length"))
 
-    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict:
-        wide = wide_table(scores, samples)
-        by_tier = estimate_metrics(wide, self.metrics[:1], ("tier",))
-        by_len = estimate_metrics(wide, self.metrics[2:3], ("length",))
+    def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        def by(metric: str, column: str) -> dict[str, Estimate]:
+            prefix = f"{metric}/{column}_"
+            return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        bar_with_ci(axes[0], {k.split("/tier_")[1]: v for k, v in by_tier.items() if "/tier_" in k}, "exact match by tier", ylim=(0, 1.05))
-        bar_with_ci(axes[1], {k.split("/length_")[1]: v for k, v in by_len.items() if "/length_" in k}, "CER by text length (words)")
+        bar_with_ci(axes[0], by(self.metrics[0].name, "tier"), "exact match by tier", ylim=(0, 1.05))
+        bar_with_ci(axes[1], by(self.metrics[2].name, "length"), "CER by text length (words)")
         fig.tight_layout()
         return {"text_rendering_breakdown": fig}

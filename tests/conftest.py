@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from nbeval import api
 from nbeval.cache import Cache
-from nbeval.cli import CONFIG_MODULE
+from nbeval.testing import NBEVAL
 
-NBEVAL = [sys.executable, "-m", "nbeval.cli"]
+pytest_plugins = ["nbeval.testing.fixtures"]  # nbeval_serve: what users' own tests get too
 
 
 @pytest.fixture
 def compose_cfg(tmp_path):
-    """compose(overrides) → the real config, with the cache in tmp_path and no tracking unless asked."""
+    """compose(overrides) → the real config (`api.compose`, `model=[a,b]` included), with the cache in
+    tmp_path and no tracking unless asked."""
 
     def _compose(overrides: list[str] = ()):
         GlobalHydra.instance().clear()
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            base = [f"cache_dir={tmp_path / 'cache'}", "tracking=none"]
-            return compose("config", overrides=base + list(overrides))
+        return api.compose([f"cache_dir={tmp_path / 'cache'}", "tracking=none", *overrides])
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def evaluate(cfg, out_dir: Path) -> dict:
+    """A whole run, as `nbeval run` makes it: evaluate, then write and track (results.json's content)."""
+    return api.finalize(api.evaluate(cfg), out_dir, api.make_tracker(cfg.tracking))
 
 
 @pytest.fixture
@@ -58,7 +63,7 @@ ADMIN_KEY = "test-admin-key-0123456789"
 def need(program: str) -> str:
     """Path of a system program a test needs. CI installs them all, so there a missing one fails;
     elsewhere the test is skipped with the install command."""
-    from nbeval.arena.loadtest import postgres_program
+    from nbeval.testing import postgres_program
 
     path = postgres_program(program)
     if path is None:
@@ -68,7 +73,7 @@ def need(program: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    from nbeval.arena.loadtest import throwaway_postgres
+    from nbeval.testing import throwaway_postgres
 
     need("initdb")
     with throwaway_postgres() as url:
@@ -79,7 +84,7 @@ def postgres_url():
 def arena_server(tmp_path):
     """Start servers on demand: arena_server(db_url=None, **serve options) → ArenaServer (SQLite in
     tmp_path by default); all are stopped at the end of the test."""
-    from nbeval.arena.loadtest import ArenaServer
+    from nbeval.testing import ArenaServer
 
     servers = []
 
@@ -90,3 +95,30 @@ def arena_server(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+# --- nbeval serve in a thread (a real HTTP server over an adapter built in the test) ---------------
+
+
+@pytest.fixture
+def inprocess():
+    """serve(adapter, **ServeConfig) → base URL of create_app(adapter) under uvicorn in a thread."""
+    import uvicorn
+
+    from nbeval.serve import ServeConfig, create_app
+    from nbeval.testing import free_port
+
+    servers = []
+
+    def serve(adapter, **config) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(adapter, ServeConfig(**config)), host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append(server)
+        while not server.started:
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}/v1"
+
+    yield serve
+    for s in servers:
+        s.should_exit = True

@@ -114,7 +114,7 @@ def test_a_users_local_vit_b_32_checkpoint_goes_through_the_same_path(compose_cf
     assert torch.equal(loaded["visual.conv1.weight"], theirs.state_dict()["visual.conv1.weight"])
     assert scorer.card()["weights_sha256"] and "224" in scorer.card()["preprocess"]  # ViT-B-32's own preprocessing
     images, captions, negatives = _renders(2)
-    readings = scorer.score(images, [{"caption": c, "negatives": n} for c, n in zip(captions, negatives)])
+    readings = scorer.read(images, [{"caption": c, "negatives": n} for c, n in zip(captions, negatives)])
     assert all(-1 <= r["cos"] <= 1 and len(r["negatives"]) == 3 for r in readings)
     shared_backbone.cache_clear()
 

@@ -118,18 +118,25 @@ def test_cli_usage_errors(tmp_path):
 def test_uncertainty_sampling_spends_votes_on_close_and_poorly_measured_pairs():
     from collections import Counter
 
-    from nbeval.arena.sampling import uncertainty_pairs, uniform_pairs
+    from nbeval.arena.sampling import pair_weights, uncertainty_draw, uniform_pairs
 
     # m0/m1 close and measured with few battles; m2 far above both and well measured.
     battles = pd.concat([simulate(np.array([0.0, 20]), 60, seed=6), simulate(np.array([0.0, 20, 600]), 6000, seed=7).query("model_a == 'm2' or model_b == 'm2'")])
     board = leaderboard(battles, rounds=100)
-    drawn = uncertainty_pairs(board, 3000, seed=1)
-    assert all(a != b for a, b in drawn)
-    counts = Counter(frozenset(p) for p in drawn)
+    weights = {frozenset(p): w for p, w in pair_weights(board).items()}
+    pairs = sorted(weights, key=sorted)
+
+    def draws(candidates, k, seed):
+        rng = np.random.default_rng(seed)
+        return [uncertainty_draw(candidates, weights, rng) for _ in range(k)]
+
+    drawn = draws(pairs, 3000, seed=1)
+    counts = Counter(drawn)
     assert counts[frozenset({"m0", "m1"})] > 0.5 * 3000  # uniform would give a third
-    assert drawn == uncertainty_pairs(board, 3000, seed=1)
-    flips = Counter(a for a, b in drawn if {a, b} == {"m0", "m1"})
-    assert abs(flips["m0"] - flips["m1"]) < 0.1 * sum(flips.values())  # sides randomised
-    uni = Counter(frozenset(p) for p in uniform_pairs(["m0", "m1", "m2"], 3000, seed=1))
-    assert all(abs(v - 1000) < 120 for v in uni.values())
-    assert any(frozenset({"m3", x}) in {frozenset(p) for p in uncertainty_pairs(board, 200, seed=2, new_models=["m3"])} for x in ("m0", "m1", "m2"))
+    assert drawn == draws(pairs, 3000, seed=1)
+    uni = uniform_pairs(["m0", "m1", "m2"], 3000, seed=1)
+    assert all(abs(v - 1000) < 120 for v in Counter(frozenset(p) for p in uni).values())
+    flips = Counter(a for a, b in uni)
+    assert all(abs(v - 1000) < 120 for v in flips.values())  # sides randomised
+    new = pairs + [frozenset({"m3", x}) for x in ("m0", "m1", "m2")]  # m3 has no votes yet: it weighs as the most uncertain pair
+    assert sum(p.__contains__("m3") for p in draws(new, 600, seed=2)) > 0.4 * 600

@@ -8,12 +8,10 @@ import pytest
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 
+from conftest import evaluate, run_cli
 from nbeval.arena.judges import Battle, JudgeContext, Side, SuiteJudge, compare
-from nbeval.cli import evaluate
 from nbeval.records import content_hash
 from suites.counting import CountingSuite
-
-from conftest import run_cli
 
 BATTLE_COLUMNS = ["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "judge_fingerprint", "voter", "time"]
 
@@ -64,21 +62,16 @@ def test_per_model_overrides_apply_to_every_listed_model_and_equal_images_tie(tm
     assert m["rating/oracle"]["value"] == pytest.approx(1000) and m["win_rate/oracle"]["value"] == 0.5
 
 
-def _models(compose_cfg, names, *overrides):
-    return {n: compose_cfg([f"model={n}", *overrides]).model for n in names}
-
-
 @pytest.mark.slow
 def test_clip_judge_prefers_the_true_colours_and_has_its_own_fingerprint(compose_cfg, tmp_path):
-    overrides = ["suite=arena", "suite.arena.base=adherence", "n=20"]
-    models = _models(compose_cfg, ["oracle", "oracle_recolour"], *overrides, "model.severity=1")
-    clip = evaluate(compose_cfg([*overrides, "judge=clip"]), tmp_path / "clip", models=models)
+    overrides = ["suite=arena", "suite.arena.base=adherence", "n=20", "model=[oracle,oracle_recolour]", "model.severity=1"]
+    clip = evaluate(compose_cfg([*overrides, "judge=clip"]), tmp_path / "clip")
     m = clip["suites"]["arena"]["metrics"]
     assert m["win_rate/oracle"]["ci_low"] > 0.5 and m["rating/oracle"]["value"] > m["rating/oracle_recolour"]["value"]
     by_clip = pd.read_parquet(tmp_path / "clip" / "arena" / "battles.parquet")
     assert set(by_clip["judge"]) == {"clip"}
     # the suite judge on the same images: adherence's headline (R-precision) decides, another fingerprint
-    evaluate(compose_cfg(overrides), tmp_path / "suite", models=models)
+    evaluate(compose_cfg(overrides), tmp_path / "suite")
     by_suite = pd.read_parquet(tmp_path / "suite" / "arena" / "battles.parquet")
     assert by_suite["judge_fingerprint"].iloc[0] != by_clip["judge_fingerprint"].iloc[0]
 
@@ -86,9 +79,8 @@ def test_clip_judge_prefers_the_true_colours_and_has_its_own_fingerprint(compose
 def test_the_arena_needs_two_models_and_other_suites_refuse_two(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match="compares models, but the run has one"):
         evaluate(compose_cfg(["suite=arena", "model=oracle", "n=2"]), tmp_path / "a")
-    models = _models(compose_cfg, ["oracle", "oracle_blur"], "suite=[counting]")
     with pytest.raises(ValueError, match=r"one model at a time.*nbeval run -m model=oracle,oracle_blur"):
-        evaluate(compose_cfg(["suite=[counting]", "n=2"]), tmp_path / "b", models=models)
+        evaluate(compose_cfg(["suite=[counting]", "n=2", "model=[oracle,oracle_blur]"]), tmp_path / "b")
 
 
 def _ctx(compose_cfg, **counting) -> JudgeContext:

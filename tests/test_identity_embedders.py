@@ -81,8 +81,8 @@ def identities():
 def test_the_same_image_embeds_identically_and_the_reference_render_matches_itself(backend, weights, compose_cfg, identities):
     scorer = _scorer(compose_cfg, backend, weights[backend])
     images, truths = zip(*(identities[k] for k in ("turn", "reference", "inverted", "other")))
-    first = scorer.score(list(images), list(truths))
-    again = scorer.score([images[0], images[0]], [truths[0], truths[0]])  # another batch, another call
+    first = scorer.read(list(images), list(truths))
+    again = scorer.read([images[0], images[0]], [truths[0], truths[0]])  # another batch, another call
     assert first[0] == again[0] == again[1] and len(first[0]["embedding"]) == (32 if backend == "dinov2" else 16)
     assert np.linalg.norm(first[0]["embedding"]) == pytest.approx(1, abs=1e-4)
     turn, reference, inverted, other = (r["reference_similarity"] for r in first)
@@ -122,7 +122,7 @@ def test_dinov2_without_a_preprocessor_config_takes_dinov2s_own_preprocessing(co
     assert pre["size"] == {"shortest_edge": 256} and pre["crop_size"] == {"height": 224, "width": 224}
     assert list(pre["image_mean"]) == [0.485, 0.456, 0.406] and pre["resample"] == 3
     ref = identities["reference"]
-    assert scorer.score([ref[0]], [ref[1]])[0]["reference_similarity"] == pytest.approx(1, abs=1e-5)
+    assert scorer.read([ref[0]], [ref[1]])[0]["reference_similarity"] == pytest.approx(1, abs=1e-5)
 
 
 def test_wrong_checksums_and_missing_or_wrong_weights_are_refused(weights, tmp_path):
@@ -149,7 +149,7 @@ def test_a_torchscript_model_must_return_one_embedding_per_image(compose_cfg, tm
     scorer = _scorer(compose_cfg, "torchscript", _tiny_torchscript(tmp_path / "maps.pt", flatten=False))
     ref = identities["reference"]
     with pytest.raises(TypeError, match=r"returned \(1, 16, 1, 1\) for 1 images"):
-        scorer.score([ref[0]], [ref[1]])
+        scorer.read([ref[0]], [ref[1]])
 
 
 @pytest.mark.slow

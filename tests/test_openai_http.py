@@ -33,7 +33,7 @@ from nbeval.adapters.base import EditRequest, GenRequest
 from nbeval.adapters.openai_http import OpenAIHTTPAdapter, retry_after_s
 from nbeval.cache import Cache
 from nbeval.runner import generate
-from nbeval.serve import ServeProcess
+from nbeval.testing import ServeProcess
 
 KEY_ENV, KEY = "NBEVAL_TEST_HTTP_KEY", "sk-test-9f3b1c7e5d2a4680bead"
 SERVE_ENV = {"OMP_NUM_THREADS": "1", KEY_ENV: KEY}
@@ -171,7 +171,7 @@ def test_timeout_is_a_per_sample_error(scripted):
 
 
 def test_connection_refused_is_retried_then_an_error():
-    from nbeval.arena.loadtest import free_port
+    from nbeval.testing import free_port
 
     client = _client(f"http://127.0.0.1:{free_port()}/v1", max_retries=2, identify=False)
     (res,) = client.generate(_reqs("x"))
@@ -227,30 +227,6 @@ def test_fingerprint_follows_settings_and_served_identity_not_key_or_transport(s
 
 
 # --- nbeval serve, in a thread: the oracle through HTTP, errors in OpenAI's shape -----------------
-
-@pytest.fixture
-def inprocess():
-    """serve(adapter, **ServeConfig) → base URL of create_app(adapter) under uvicorn in a thread."""
-    import uvicorn
-
-    from nbeval.arena.loadtest import free_port
-    from nbeval.serve import ServeConfig, create_app
-
-    servers = []
-
-    def serve(adapter, **config) -> str:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(adapter, ServeConfig(**config)), host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        servers.append(server)
-        while not server.started:
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{port}/v1"
-
-    yield serve
-    for s in servers:
-        s.should_exit = True
-
 
 def test_oracle_served_only_with_explicit_truth(inprocess, tmp_path):
     from nbeval.adapters.oracle import OracleAdapter

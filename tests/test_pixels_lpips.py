@@ -105,7 +105,7 @@ def test_fingerprint_changes_only_when_lpips_is_on(scorer, alex_weights):
 
 
 def test_drift_run_reports_lpips_preservation_and_it_worsens_under_per_turn_blur(compose_cfg, tmp_path, alex_weights):
-    from nbeval.cli import evaluate
+    from conftest import evaluate
 
     base = ["model=oracle", "suite=[drift]", "n=3", "suite.drift.turns=2", f"scorer.pixels.lpips.weights={alex_weights}"]
     clean = evaluate(compose_cfg(base), tmp_path / "clean")

@@ -30,7 +30,7 @@ def test_cache_keys_include_model_and_image_size(compose_cfg, cache):
 def test_a_suite_without_target_is_built_from_the_entry_point_registry(compose_cfg, tmp_path):
     import pytest
 
-    from nbeval.cli import evaluate
+    from conftest import evaluate
     from nbeval.registry import available, load
 
     assert available()["counting"] == "suites.counting:CountingSuite"

@@ -18,11 +18,11 @@ from PIL import Image
 
 from nbeval.adapters.base import GenResult, ModelAdapter
 from nbeval.cache import Cache
-from nbeval.cli import CONFIG_MODULE
+from nbeval.api import CONFIG_MODULE
 from nbeval.records import Sample, Score
-from nbeval.runner import score_suite, shard_block
+from nbeval.runner import parse_shard, score_suite, shard_block
 from nbeval.scorers.base import Scorer
-from nbeval.sharding import MergeError, merge, merge_tables, parse_shard
+from nbeval.sharding import MergeError, merge, merge_tables
 from nbeval.stats import bootstrap_mean
 from nbeval.suite import MetricSpec, Suite
 
@@ -53,7 +53,7 @@ def test_shard_blocks_partition_every_sample_list_in_whole_batches():
 
 
 def test_a_bad_shard_is_refused_before_any_work(compose_cfg, tmp_path):
-    from nbeval.cli import evaluate
+    from conftest import evaluate
 
     with pytest.raises(ValueError, match="0 <= i < k"):
         evaluate(compose_cfg(["model=oracle", "suite=[counting]", "n=8", "suite.shard=4/4"]), tmp_path / "out")
@@ -67,7 +67,7 @@ class _Chains(Suite):
     """Chains of 0–3 edits; aggregates in row order, so a merge that reorders rows changes its CIs."""
 
     name = "chains"
-    scorers = ("brightness",)
+    scorers = {"brightness": dict}
     capabilities = frozenset({"generate", "edit"})
     metrics = (MetricSpec("level", True, "red level"), MetricSpec("spread", None, "max − min level over a chain"))
 
@@ -109,7 +109,7 @@ class _Flaky(ModelAdapter):
 class _Red(Scorer):
     name = "brightness"
 
-    def score(self, images, truths):
+    def read(self, images, truths):
         reds = [im.getpixel((0, 0))[0] for im in images]
         if 77 in reds:  # chains-9, turn 0: one unreadable image
             raise ValueError("unreadable")
@@ -122,7 +122,7 @@ def test_merged_tables_are_the_unsharded_tables_row_for_row(tmp_path):
     parts = [score_suite(suite, model, lambda role: scorer, Cache(tmp_path / "b"), 16, 0, 4, shard=(i, 3)) for i in range(3)]
     assert [len(p.samples) for p in parts] == [4, 4, 8]  # whole batches of 4
     assert whole.n_failed_generations == 9 and whole.n_failed_scores == 2  # the failures are in the tables
-    merged = merge_tables([{t: getattr(p, t) for t in TABLES} for p in parts], suite.samples(16, 0))
+    merged = merge_tables([{t: getattr(p, t) for t in TABLES} for p in parts])
     for t in TABLES:
         assert_frame_equal(merged[t], getattr(whole, t), check_exact=True)
     naive = pd.concat([p.generations for p in parts], ignore_index=True)
@@ -208,38 +208,38 @@ def test_merge_refuses_shards_that_are_not_one_run(runs, tmp_path):
     missing = copy("missing")
     shutil.rmtree(missing / "2")
     with pytest.raises(MergeError, match="missing shard 2/4"):
-        merge([missing], mlflow=False)
+        merge([missing])
     r = run_cli(["merge", str(missing), "mlflow=false"], tmp_path, runs["env"])
     assert r.returncode == 2 and "missing shard 2/4" in r.stderr
 
     dup = copy("dup")
     shutil.copytree(dup / "1", dup / "1b")
     with pytest.raises(MergeError, match="duplicated shards 1/4"):
-        merge([dup], mlflow=False)
+        merge([dup])
 
     seed = copy("seed")
     edit(seed / "3" / "results.json", lambda res: res["config"].update(seed=4))
     with pytest.raises(MergeError, match=r"(?s)missing shard 3/4.*differ in.*config\.seed: 3 vs 4"):
-        merge([seed], mlflow=False)
+        merge([seed])
 
     other_model = copy("model")
     edit(other_model / "0" / "results.json", lambda res: res["models"][0].update(fingerprint="0" * 16))
     with pytest.raises(MergeError, match="(?s)differ in.*models"):
-        merge([other_model / str(i) for i in range(4)], mlflow=False)
+        merge([other_model / str(i) for i in range(4)])
 
     other_scorer = copy("scorer")
     edit(other_scorer / "1" / "results.json", lambda res: res["scorers"]["counter"].update(fingerprint="f" * 16))
     with pytest.raises(MergeError, match="scorer fingerprints.counter"):
-        merge([other_scorer], mlflow=False)
+        merge([other_scorer])
 
     other_samples = copy("samples")  # the tables no longer hold the block's samples
     p = other_samples / "1" / "counting" / "samples.parquet"
     pd.read_parquet(p).iloc[::-1].to_parquet(p, index=False)
     with pytest.raises(MergeError, match="holds other samples than block 1/4"):
-        merge([other_samples], out=tmp_path / "never", mlflow=False)
+        merge([other_samples], out=tmp_path / "never")
 
     with pytest.raises(MergeError, match="whole run, not a shard"):
-        merge([runs["whole"], *(runs["sweep"] / str(i) for i in range(4))], mlflow=False)
+        merge([runs["whole"], *(runs["sweep"] / str(i) for i in range(4))])
 
 
 # --- launchers ----------------------------------------------------------------------------------------

@@ -6,13 +6,10 @@ the server back, `nbeval sync` uploads them — once."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,60 +18,10 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import need, run_cli
-from nbeval.arena.loadtest import free_port
+from nbeval.testing import MLflowServer, free_port
 from nbeval.tracking import PENDING_FILE
 
 pytestmark = pytest.mark.slow
-
-
-class MLflowServer:
-    """`mlflow server` in its own process group on a free loopback port; stop() and start() again
-    keep its port, store and artifact folder."""
-
-    def __init__(self, backend_uri: str, artifacts: Path, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-                    "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.workdir, self.proc, self.starts = workdir, None, 0
-
-    def start(self, timeout: float = 120) -> float:
-        """Start and wait for /health; returns the seconds it took."""
-        t0 = time.perf_counter()
-        self.starts += 1
-        log = (self.workdir / f"mlflow-server-{self.starts}.log").open("w")
-        # the job runner (a second process importing MLflow) is not needed for tracking
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > timeout:
-                self.stop()
-                raise TimeoutError(f"mlflow server did not answer within {timeout} s: {self.log_tail()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its group: the CLI and the uvicorn process it started
-            self.proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
-    def log_tail(self) -> str:
-        return (self.workdir / f"mlflow-server-{self.starts}.log").read_text()[-3000:]
 
 
 @pytest.fixture
@@ -127,14 +74,14 @@ def dying(self, *args, **kwargs):
     return log_suite(self, *args, **kwargs)
 MLflowTracker._log_suite = dying
 res = json.loads((folder / "results.json").read_text())
-print("RUN_ID", MLflowTracker(url).log_or_keep(res, None, folder))
+print("RUN_ID", MLflowTracker(url).log_or_keep(res, folder))
 """
 
 
 def test_multirun_on_a_shared_server_and_sync_after_it_was_down(mlflow_server, tmp_path):
     t_start = time.perf_counter()
     server, timings = mlflow_server, {}
-    timings["server start"] = server.start()
+    timings["server start"] = server.start().start_seconds
     client = MlflowClient(tracking_uri=server.url)
     common = ["suite=[counting]", "n=5", f"cache_dir={tmp_path / 'cache'}", f"tracking.uri={server.url}"]
 
@@ -188,7 +135,7 @@ def test_multirun_on_a_shared_server_and_sync_after_it_was_down(mlflow_server, t
     saved_marker = (job_dirs[0] / PENDING_FILE).read_text()
 
     # 4. the server back: the half-logged run is there, not FINISHED; `nbeval sync` uploads all
-    timings["server restart"] = server.start()
+    timings["server restart"] = server.start().start_seconds
     (stale,) = _runs(client, "tags.`nbeval.run_folder` = '{}'".format(half.resolve()))
     assert stale.info.status in ("RUNNING", "FAILED") and "counting/exact_accuracy" in stale.data.metrics
     assert not _runs(client, f"tags.`mlflow.parentRunId` = '{stale.info.run_id}'")  # it died before the suite run

@@ -1,8 +1,10 @@
 """The model-under-test protocol: batch in, batch out, failures per item.
 
 A stateless model uses the last image of an EditRequest; a model with native multi-turn context
-can use the whole conversation. `truth` travels with each request only for the oracle, which renders
-it; real models must ignore it.
+can use the whole conversation. The sample's ground truth is opt-in: a request carries it only to an
+adapter that declares `needs_truth` (the oracle, which renders it; the reference model planning from
+it, `reference_gtplan`); every other model gets an empty `truth`, through every path (a run, the
+arena, `nbeval serve`), so a model under test can never read the answer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class GenRequest:
     prompt: str
     seed: int
     size: int
-    truth: dict = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)  # empty unless the adapter declares needs_truth
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class EditRequest:
     images: tuple[Image.Image, ...]  # images of turns 0..turn-1 (the model's own, or the truth's)
     seed: int
     size: int
-    truth: dict = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)  # empty unless the adapter declares needs_truth
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ModelAdapter(ABC):
 
     name: str = "model"
     capabilities: frozenset[str] = frozenset({"generate"})
+    needs_truth: bool = False  # True only for instruments that draw the answer (the oracle)
 
     def settings(self) -> dict:
         """Everything that changes the images; part of the fingerprint."""

@@ -137,6 +137,11 @@ class OpenAIHTTPAdapter(ModelAdapter):
     def __repr__(self) -> str:
         return f"OpenAIHTTPAdapter(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
 
+    @property
+    def needs_truth(self) -> bool:
+        """`send_truth=true` serves the oracle (or reference_gtplan) over HTTP; never a model under test."""
+        return self.send_truth
+
     # -- identity ---------------------------------------------------------------------------------
     def settings(self) -> dict:
         s = {"protocol": PROTOCOL, "model": self.model, "size": self.size, "response_format": self.response_format,

@@ -14,6 +14,7 @@ from nbeval.world import Scene, render, renderer_fingerprint
 
 class OracleAdapter(ModelAdapter):
     capabilities = frozenset({"generate", "edit"})
+    needs_truth = True
 
     def __init__(self, name: str = "oracle", corruption: str | None = None, severity: int = 0, render_size: int | None = None) -> None:
         """`render_size` renders at that resolution and resizes to the requested one: the ceiling of a

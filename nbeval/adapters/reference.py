@@ -44,6 +44,11 @@ class ReferenceAdapter(ModelAdapter):
         return {"checkpoint_sha256": _checkpoint_sha256(self.checkpoint), **asdict(self.options)}
 
     @property
+    def needs_truth(self) -> bool:
+        """Only the ground-truth-plan ablation (`reference_gtplan`) plans from the sample's scene."""
+        return self.options.plan == "truth"
+
+    @property
     def model(self):
         if self._model is None:
             from reference_model.model import ReferenceModel

@@ -14,13 +14,9 @@ import asyncio
 import contextlib
 import io
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,78 +24,9 @@ import httpx
 import pandas as pd
 
 from nbeval.arena.client import AdminClient, form_fields, sign_in
+from nbeval.testing import ArenaServer, throwaway_postgres
 
 WINNERS = ("a", "b", "tie", "both_bad")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def postgres_program(name: str) -> str | None:
-    """A PostgreSQL server program from PATH or Debian's versioned folder."""
-    return shutil.which(name) or next((str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-
-
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A fresh PostgreSQL cluster on a free loopback port (trust auth), removed afterwards; yields
-    its SQLAlchemy URL. Run as root, the server runs as the `postgres` user (it refuses root)."""
-    initdb, pg_ctl = postgres_program("initdb"), postgres_program("pg_ctl")
-    if not (initdb and pg_ctl):
-        raise FileNotFoundError("PostgreSQL server programs not found: apt-get install postgresql")
-    root = Path(tempfile.mkdtemp(prefix="nbeval-pg-"))
-    data, as_user = root / "data", []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-
-    def pg(*args: str) -> None:
-        r = subprocess.run(as_user + list(args), capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"{' '.join(args)}: {r.stdout}{r.stderr}")
-
-    port = free_port()
-    try:
-        pg(initdb, "-D", str(data), "-A", "trust", "-U", "postgres")
-        pg(pg_ctl, "-D", str(data), "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "-l", str(root / "log"), "-w", "start")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            pg(pg_ctl, "-D", str(data), "-m", "fast", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-class ArenaServer:
-    """`nbeval arena serve` in a subprocess on a free port, with an admin client pointed at it."""
-
-    def __init__(self, db_url: str, workdir: Path, admin_key: str, **options) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"arena-server-{self.port}.log"
-        args = [f"db={db_url}", f"port={self.port}", *(f"{k}={v}" for k, v in options.items())]
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "nbeval.cli", "arena", "serve", *args], cwd=workdir,
-                                         env={**os.environ, "NBEVAL_ARENA_ADMIN_KEY": admin_key}, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"arena server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                httpx.get(self.url + "/", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError("arena server did not answer within 60 s") from None
-                time.sleep(0.1)
-        self.admin = AdminClient(self.url, admin_key)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 `uniform` spreads votes evenly over all unordered pairs (for audits: every pair gets evidence).
 `uncertainty` spends votes where they change the leaderboard most: a pair's weight is the variance of
 its outcome under the current ratings, p(1 − p), times how uncertain the two ratings still are (the
-sum of their CI widths), so close, poorly measured pairs are asked about first. Sides are randomised.
+sum of their CI widths), so close, poorly measured pairs are asked about first (`uncertainty_draw`).
+Sides are randomised.
 """
 
 from __future__ import annotations
@@ -44,12 +45,10 @@ def pair_weights(board: pd.DataFrame) -> dict[tuple[str, str], float]:
     return out
 
 
-def uncertainty_pairs(board: pd.DataFrame, k: int, seed: int = 0, new_models: list[str] = ()) -> list[tuple[str, str]]:
-    """`k` pairs drawn by uncertainty weight; models without battles yet (`new_models`) get the
-    largest weight seen, so they are brought onto the leaderboard quickly."""
-    weights = pair_weights(board)
+def uncertainty_draw(candidates: list[frozenset], weights: dict[frozenset, float], rng: np.random.Generator) -> frozenset:
+    """One of the candidate pairs, drawn in proportion to its uncertainty weight (`pair_weights`); a
+    pair without one (a model without votes yet) weighs as much as the most uncertain pair, so new
+    models are brought onto the leaderboard quickly. What the web app asks a voter about next."""
     top = max(weights.values(), default=1.0)
-    models = sorted(set(board["model"]) | set(new_models))
-    pairs = _pairs(models)
-    w = np.array([weights.get(p, top) for p in pairs])
-    return _draw(pairs, w, k, np.random.default_rng(seed))
+    w = np.array([weights.get(p, top) for p in candidates]) + 1e-12
+    return candidates[rng.choice(len(candidates), p=w / w.sum())]

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, aliased
 
 from nbeval.arena.db import Arena, Battle, BlindImage, Setting, Vote, Voter, opaque_id
 from nbeval.arena.ratings import OUTCOMES, leaderboard
-from nbeval.arena.sampling import pair_weights
+from nbeval.arena.sampling import pair_weights, uncertainty_draw
 
 BACKGROUND = (128, 128, 128)  # letterbox colour for non-square images
 
@@ -213,11 +213,8 @@ def next_battle(s: Session, voter: Voter, priorities: PairPriorities, rng: np.ra
     if arena.sampling == "uniform":
         pick = cands[rng.integers(len(cands))]
     else:
-        w = priorities.weights(s, arena)
-        top = max(w.values(), default=1.0)
         pairs = sorted({frozenset((c.model_a, c.model_b)) for c in cands}, key=sorted)
-        pw = np.array([w.get(p, top) for p in pairs]) + 1e-12
-        pair = pairs[rng.choice(len(pairs), p=pw / pw.sum())]
+        pair = uncertainty_draw(pairs, priorities.weights(s, arena), rng)
         in_pair = [c for c in cands if frozenset((c.model_a, c.model_b)) == pair]
         pick = in_pair[rng.integers(len(in_pair))]
     return s.get(Battle, pick.id)

@@ -1,8 +1,9 @@
 """The scorer protocol: images (+ the truth they should show) in, one JSON-able reading per image out.
 
-A reading is what the scorer saw (the text OCR read, the objects the counter found); suites turn
-readings into metric values. Readings are cached by (fingerprint, image, truth), so a scorer whose
-reading does not depend on the truth says so (`uses_truth = False`) and is cached across suites.
+A reading is what the scorer saw (the text OCR read, the objects the counter found), of the type the
+scorer declares (`reading`, from nbeval.readings); suites turn readings into scores — metric values.
+Readings are cached by (fingerprint, image, truth), so a scorer whose reading does not depend on the
+truth says so (`uses_truth = False`) and is cached across suites.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def check_sha256(what: str, got: str | None, expected: str | None) -> None:
 
 class Scorer(ABC):
     name: str = "scorer"
+    reading: type = dict  # what one reading is (nbeval.readings); a suite's role expects a given one
     uses_truth: bool = False
 
     def settings(self) -> dict:
@@ -40,5 +42,5 @@ class Scorer(ABC):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @abstractmethod
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
         """One reading per image, in order. Raise only for a whole-batch failure."""

@@ -20,6 +20,8 @@ from PIL import Image
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from nbeval.clipmetrics import VARIANTS, adherence
+from nbeval.readings import ClipReading
 from nbeval.records import sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.world.claims import NEGATIVE_KINDS
@@ -27,17 +29,6 @@ from nbeval.world.claims import NEGATIVE_KINDS
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 NBCLIP_NAME = "nbclip-world"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / f"{NBCLIP_NAME}.safetensors"
-
-# The exact definitions logged with every adherence run (the "metric card"): seven incompatible
-# "CLIP scores" exist, so a number is only meaningful with the one it is.
-VARIANTS: dict[str, str] = {
-    "clip_score": "torchmetrics-style CLIPScore: max(100 · mean_i cos(image_i, caption_i), 0) — clamped on the mean",
-    "clipscore_hessel": "Hessel et al. 2021 CLIPScore: mean_i 2.5 · max(cos(image_i, caption_i), 0) — clamped per sample",
-    "r_precision": "CLIP-R-precision (R = 1): share of images whose caption has a higher cosine than every one of its "
-    "world-made hard negatives (one each: wrong colour, wrong shape, wrong count or swapped relation)",
-    "pairwise/<kind>": "share of images whose caption beats the hard negative of that kind",
-}
-
 
 @dataclass
 class ClipBackbone:
@@ -92,7 +83,7 @@ def shared_backbone(name: str, pretrained: str | None, cache_dir: str | None) ->
 
 
 class CLIPAdherence(Metric):
-    """Prompt adherence of images to captions, in the three variants of VARIANTS.
+    """Prompt adherence of images to captions, in the variants of VARIANTS (nbeval.clipmetrics).
 
     `update(images, captions, negatives)`: `negatives[i]` maps a kind in NEGATIVE_KINDS to a false
     caption for image i (empty: no R-precision for it). States are per-image cosines, concatenated
@@ -127,17 +118,9 @@ class CLIPAdherence(Metric):
         self.neg_cos.append(neg)
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """Every variant of `VARIANTS` (nbeval.clipmetrics: the definitions the adherence suite uses too)."""
         cos, neg = dim_zero_cat(self.cos), dim_zero_cat(self.neg_cos)
-        beats = torch.where(neg.isnan(), torch.nan, (cos[:, None] > neg).float())
-        has_neg = ~neg.isnan().all(1)
-        out = {
-            "clip_score": torch.clamp(100 * cos.mean(), min=0),
-            "clipscore_hessel": (2.5 * cos.clamp(min=0)).mean(),
-            "r_precision": (beats[has_neg].nan_to_num(1.0).min(1).values).mean(),
-        }
-        for k, kind in enumerate(NEGATIVE_KINDS):
-            out[f"pairwise/{kind}"] = beats[:, k].nanmean()
-        return out
+        return {k: torch.tensor(v) for k, v in adherence(cos.double().numpy(), neg.double().numpy(), NEGATIVE_KINDS).items()}
 
 
 class ClipScorer(Scorer):
@@ -162,6 +145,7 @@ class ClipAdherenceScorer(ClipScorer):
     """Reading: the cosine of the image with its caption and with each hard negative."""
 
     name = "clip"
+    reading = ClipReading
     uses_truth = True
 
     def __init__(self, *args, **kwargs) -> None:
@@ -171,7 +155,7 @@ class ClipAdherenceScorer(ClipScorer):
     def card(self) -> dict:
         return {**super().card(), "variants": VARIANTS, "tokenizer": type(self.backbone.tokenizer).__name__}
 
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[ClipReading]:
         self.metric.reset()
         self.metric.update(images, [t["caption"] for t in truths], [t.get("negatives", {}) for t in truths])
         cos, neg = self.metric.cos[0].tolist(), self.metric.neg_cos[0].tolist()

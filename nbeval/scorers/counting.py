@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from nbeval.readings import CounterReading
 from nbeval.scorers.base import Scorer
 from nbeval.world.scene import BACKGROUND, COLOURS, TEXT_COLOUR
 
@@ -32,6 +33,7 @@ def classify(mask: np.ndarray) -> str:
 
 class ShapeCounter(Scorer):
     name = "counter"
+    reading = CounterReading
 
     def __init__(self, work_side: int = 256, colour_tolerance: float = 90.0, min_area: float = 0.0012, median: int = 3, rim: int = 3) -> None:
         """`min_area` is a fraction of the image area (a small shape covers about 0.004); `rim` the
@@ -70,7 +72,7 @@ class ShapeCounter(Scorer):
         core = ndimage.binary_erosion(blob, _EIGHT_CONNECTED, iterations=self.rim - 1)
         return core.sum() < 0.25 * blob.sum()
 
-    def read(self, img: Image.Image) -> dict:
+    def _read_one(self, img: Image.Image) -> CounterReading:
         idx = self._segment(img)
         min_px = self.min_area * idx.size
         shape_px = (idx >= 0) & (idx < len(COLOURS))
@@ -99,5 +101,5 @@ class ShapeCounter(Scorer):
             counts[key] = counts.get(key, 0) + 1
         return {"counts": dict(sorted(counts.items())), "objects": objects}
 
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
-        return [self.read(im) for im in images]
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[CounterReading]:
+        return [self._read_one(im) for im in images]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nbeval.readings import IdentityReading
 from nbeval.records import canonical_json, folder_sha256, sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.scorers.clip import ClipScorer
@@ -42,6 +43,7 @@ class IdentityScorer(Scorer):
     reference render, which the truth describes. A subclass provides `self.backbone`."""
 
     name = "identity"
+    reading = IdentityReading
     uses_truth = True
     backbone: ImageEmbedder
 
@@ -60,7 +62,7 @@ class IdentityScorer(Scorer):
             self._references.update(zip(new, self.backbone.embed_images(renders)))
         return torch.stack([self._references[k] for k in keys])
 
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[IdentityReading]:
         emb = self.backbone.embed_images(images)
         sims = (emb * self._reference_embeddings(truths)).sum(-1)
         return [{"embedding": [round(v, 5) for v in e.tolist()], "reference_similarity": float(s)} for e, s in zip(emb, sims)]

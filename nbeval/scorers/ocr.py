@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nbeval.readings import OCRReading
 from nbeval.scorers.base import Scorer
 
 DETECTOR_FILE = "craft_mlt_25k.pth"
@@ -64,6 +65,7 @@ def reading_order(boxes: list[tuple[list, str, float]]) -> list[tuple[list, str,
 
 class EasyOCRScorer(Scorer):
     name = "ocr"
+    reading = OCRReading
 
     def __init__(self, model_dir: str | None = None, input_side: int = 256, batch_size: int = 8, gpu: bool = False, threads: int | None = None) -> None:
         self.model_dir = Path(model_dir or default_model_dir()).expanduser()
@@ -121,7 +123,7 @@ class EasyOCRScorer(Scorer):
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
         return np.asarray(img)
 
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[OCRReading]:
         arrays = [self._prepare(im) for im in images]
         out = []
         for i in range(0, len(arrays), self.batch_size):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nbeval.readings import PixelsReading, Similarity
 from nbeval.records import sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.world import Scene, render, renderer_fingerprint
@@ -80,6 +81,7 @@ def load_lpips(net: str, weights: Path) -> torch.nn.Module:
 
 class MaskedSimilarity(Scorer):
     name = "pixels"
+    reading = PixelsReading
     uses_truth = True
 
     def __init__(self, psnr_cap: float = 60.0, lpips: dict | None = None) -> None:
@@ -121,7 +123,7 @@ class MaskedSimilarity(Scorer):
             }
         return out
 
-    def compare(self, img: Image.Image, reference: Image.Image, exclude: list) -> dict:
+    def compare(self, img: Image.Image, reference: Image.Image, exclude: list) -> Similarity:
         from torchmetrics.functional.image import (
             peak_signal_noise_ratio,
             structural_similarity_index_measure,
@@ -143,7 +145,7 @@ class MaskedSimilarity(Scorer):
             out["lpips"] = lpips_map[0, 0][mask].mean().item()
         return out
 
-    def score(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
+    def read(self, images: list[Image.Image], truths: list[dict]) -> list[PixelsReading]:
         out = []
         for img, truth in zip(images, truths):
             comparisons = truth.get("comparisons")

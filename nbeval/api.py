@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nbeval.adapters.base import ModelAdapter
 from nbeval.cache import Cache
 from nbeval.readings import name_of
-from nbeval.results import Run, build_results, model_record, summary_markdown, write_run
+from nbeval.results import Run, build_results, find_card, model_record, summary_markdown, write_run
 from nbeval.runner import parse_shard, score_suite
 from nbeval.scorers.base import Scorer
 from nbeval.suite import ContestSuite, RunContext, Suite
@@ -33,18 +33,19 @@ log = logging.getLogger("nbeval")
 # --- configs ------------------------------------------------------------------------------------------
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `nbeval run <overrides>` runs, outside a Hydra app too (tests, `nbeval serve`,
-    `nbeval samples`), with `model=[a,b]` resolved into `models` as the run resolves it."""
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """The config `nbeval run <overrides>` runs (or a preset's: `config_name`), outside a Hydra app too
+    (tests, `nbeval serve`, `nbeval samples`, `nbeval scorer-card`), with `model=[a,b]` resolved into
+    `models` as the run resolves it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides)
     if GlobalHydra.instance().is_initialized():
-        return with_listed_models(hydra_compose("config", overrides=overrides), overrides)
+        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return with_listed_models(hydra_compose("config", overrides=overrides), overrides)
+        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides)
 
 
 def with_listed_models(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -130,11 +131,13 @@ class Scorers:
         return self.built[role]
 
     def check(self, suites: Mapping[str, Suite]) -> None:
-        """Before any work: every role a suite reads with is configured, and its scorer gives the
-        reading that suite expects (nbeval.readings) — a detector counter must give CounterReading."""
+        """Before any work: every role a suite reads with is configured (an optional role without a
+        scorer is dropped from the suite's), and its scorer gives the reading that suite expects
+        (nbeval.readings) — a detector counter must give CounterReading."""
         from hydra.utils import get_class
 
         for name, suite in suites.items():
+            suite.use_scorers(set(self.config))
             for role, expected in suite.scorers.items():
                 if role not in self.config:
                     raise KeyError(f"suite {name!r} reads with scorer {role!r}, but the config has none (scorer={list(self.config)})")
@@ -143,8 +146,9 @@ class Scorers:
                     raise TypeError(f"suite {name!r} expects {name_of(expected)} of its {role!r} scorer, but "
                                     f"{self.config[role]['_target_']} gives {name_of(given)}")
 
-    def cards(self) -> dict[str, dict]:
-        return {role: {**s.card(), "fingerprint": s.fingerprint} for role, s in self.built.items()}
+    def cards(self, cache_dir: str) -> dict[str, dict]:
+        """Each scorer's card, fingerprint and scorer card (`nbeval scorer-card`; None: unvalidated)."""
+        return {role: {**s.card(), "fingerprint": s.fingerprint, "scorer_card": find_card(cache_dir, s.fingerprint)} for role, s in self.built.items()}
 
 
 def _check_models(name: str, suite: Suite, models: list[ModelAdapter]) -> None:
@@ -190,7 +194,7 @@ def evaluate(cfg: DictConfig, tags: Mapping[str, str] | None = None) -> Run:
         else score_suite(suite, adapters[0], scorers, cache, cfg.n, cfg.seed, cfg.batch_size, shard)
         for suite in suites.values()
     ]
-    return Run(config, [model_record(m) for m in adapters], scorers.cards(), results, shard, dict(tags or {}))
+    return Run(config, [model_record(m) for m in adapters], scorers.cards(cfg.cache_dir), results, shard, dict(tags or {}))
 
 
 def finalize(run: Run, out_dir: Path, tracker, parent_run_id: str | None = None) -> dict:

@@ -33,7 +33,9 @@ commands:
   merge     assemble the shards of a sharded run into one run (same tables, metrics and CIs as unsharded):
               nbeval run -m suite.shard=0/4,1/4,2/4,3/4 suite=[counting] hydra.sweep.dir=multirun/c4
               nbeval merge multirun/c4 [out=DIR] [cache_dir=DIR] [mlflow=false]      (`nbeval merge --help`)
-  list      registered suites and the model, suite, scorer, judge and tracking configs
+  scorer-card  how right a scorer or judge is, on images whose truth is exact (`nbeval scorer-card --help`):
+              nbeval scorer-card scorer=[vlm_count] vlm=world n=100
+  list      registered suites and the model, suite, scorer, judge, vlm and tracking configs
   cache     cache statistics: nbeval cache stats [--dir DIR]
   sync      upload the runs kept locally while the tracking server was down (folders marked PENDING_SYNC):
               nbeval sync [DIR…] [--uri URI] [--dry-run]      (default: ./outputs and ./multirun)
@@ -135,7 +137,7 @@ def _list_cmd(argv: list[str]) -> None:
     for name, target in sorted(available().items()):
         print(f"  {name:20s} {target}")
     root = files(CONFIG_MODULE)
-    for group in ("model", "suite", "scorer", "judge", "tracking"):
+    for group in ("model", "suite", "scorer", "judge", "vlm", "tracking"):
         names = sorted(p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
         print(f"{group} configs: {', '.join(names)}")
 
@@ -302,35 +304,44 @@ def _baseline_cmd(argv: list[str]) -> None:
 
 
 SERVE_USAGE = """usage: nbeval serve model=<config> [model.<key>=… and other Hydra overrides]
+       nbeval serve vlm=<config> [vlm.<key>=…] [logprobs=true|false]
                     [host=127.0.0.1] [port=8000] [max_batch=1] [batch_wait_ms=5] [max_queue=256]
                     [key_env=NBEVAL_API_KEY] [log_level=warning]   (uvicorn's own log)
-Serves the model as an OpenAI-compatible images API (POST /v1/images/generations, /v1/images/edits).
-If the environment variable named by key_env is set, every request needs `Authorization: Bearer <it>`.
-Then: nbeval run model=openai_http model.base_url=http://HOST:PORT/v1 model.model=<served name> …"""
+model=…: the model as an OpenAI-compatible images API (POST /v1/images/generations, /v1/images/edits);
+  then: nbeval run model=openai_http model.base_url=http://HOST:PORT/v1 model.model=<served name> …
+vlm=…: the judge as OpenAI's chat completions (POST /v1/chat/completions, with logprobs unless
+  logprobs=false: a text-only server); then: … scorer=[vlm_count] vlm=openai_chat vlm.base_url=http://HOST:PORT/v1 vlm.model=<name>
+If the environment variable named by key_env is set, every request needs `Authorization: Bearer <it>`."""
 
 
 def _serve_cmd(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(SERVE_USAGE)
         return
-    opts, overrides = parse_options(argv, {"host", "port", "max_batch", "batch_wait_ms", "max_queue", "key_env", "log_level"},
+    opts, overrides = parse_options(argv, {"host", "port", "max_batch", "batch_wait_ms", "max_queue", "key_env", "log_level", "logprobs"},
                                     usage=SERVE_USAGE, overrides=True)
     import os
 
     from hydra.utils import instantiate
 
     from nbeval.api import compose
-    from nbeval.serve import DEFAULT_KEY_ENV, ServeConfig, serve
+    from nbeval.serve import DEFAULT_KEY_ENV, ServeConfig, create_app, create_judge_app, serve
 
     key_env = opts.get("key_env", DEFAULT_KEY_ENV)
+    judge = any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "vlm" for o in overrides)
     try:
         config = ServeConfig(api_key=os.environ.get(key_env, ""), max_batch=int(opts.get("max_batch", 1)),
                              batch_wait_ms=float(opts.get("batch_wait_ms", 5)), max_queue=int(opts.get("max_queue", 256)))
-        adapter = instantiate(compose(overrides).model)
-        serve(adapter, config, opts.get("host", "127.0.0.1"), int(opts.get("port", 8000)), opts.get("log_level", "warning"), key_env)
+        cfg = compose(overrides)
+        served = instantiate(cfg.vlm if judge else cfg.model)
+        app = create_judge_app(served, config, _is_true(opts.get("logprobs", "true"))) if judge else create_app(served, config)
     except Exception as e:  # noqa: BLE001 — a bad config is a message, not a traceback
         print(f"nbeval serve: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)
+    log.info("serving %s %s (fingerprint %s) at http://%s:%s/v1 (key %s, max_batch %d)", "judge" if judge else "model", served.name,
+             served.fingerprint, opts.get("host", "127.0.0.1"), opts.get("port", 8000),
+             f"required, from ${key_env}" if config.api_key else "not required", config.max_batch)
+    serve(app, opts.get("host", "127.0.0.1"), int(opts.get("port", 8000)), opts.get("log_level", "warning"))
 
 
 MERGE_USAGE = """usage: nbeval merge <shard run folder | sweep folder> … [out=DIR] [cache_dir=DIR] [mlflow=true|false] [tracking_uri=URI]
@@ -370,7 +381,34 @@ def _merge_cmd(argv: list[str]) -> None:
         print(f"merged {len(shards)} shards ({', '.join(str(s.dir) for s in shards)}) into run folder: {where}", flush=True)
 
 
-COMMANDS = {"report": _report_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd,
+CARD_USAGE = """usage: nbeval scorer-card scorer=[<scorer>,…] [vlm=<judge backend> vlm.<key>=…] [n=100] [seed=0] [out=scorer_cards] [other overrides]
+  How right each scorer is, on images whose truth is exact: the oracle's renders and graded damage that
+  keeps their truth (conf/scorer_card.yaml: which suite and metric measure each role, which images).
+  Writes <out>/<role>-<fingerprint>.md and .json, keeps the JSON under cache_dir/cards (runs with that
+  scorer link it; runs without say "unvalidated"), and logs it to MLflow (experiment <name>-scorer-cards).
+    nbeval scorer-card scorer=[counter] n=100
+    nbeval scorer-card scorer=[vlm_count] vlm=world n=100
+    nbeval scorer-card scorer=[vlm_count] vlm=openai_chat vlm.base_url=http://127.0.0.1:8000/v1 vlm.model=<model>"""
+
+
+def _scorer_card_cmd(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(CARD_USAGE)
+        return
+    _, overrides = parse_options(argv, set(), usage=CARD_USAGE, overrides=True)
+    from nbeval.scorer_card import make_cards
+
+    try:
+        cards = make_cards(overrides)
+    except (KeyError, ValueError, TypeError) as e:
+        print(f"nbeval scorer-card: {e}", file=sys.stderr)
+        sys.exit(2)
+    for card, md, js in cards:
+        print(md.read_text())
+        print(f"scorer card: {md} (and {js.name})", flush=True)
+
+
+COMMANDS = {"report": _report_cmd, "scorer-card": _scorer_card_cmd, "baseline": _baseline_cmd, "samples": _samples_cmd, "list": _list_cmd, "cache": _cache_cmd,
             "arena": _arena_cmd, "serve": _serve_cmd, "merge": _merge_cmd}
 MODULE_COMMANDS = {"sync": "nbeval.sync"}  # the module's main(argv), imported on use
 

@@ -7,7 +7,6 @@ the runner refuses a reading that lacks a key of its type. Readings stay plain J
 cached as JSON), typed for the reader and for static checkers.
 """
 
-from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
@@ -18,9 +17,21 @@ class OCRBox(TypedDict):
     polygon: list[list[int]]
 
 
+class JudgedQuestion(TypedDict):
+    """One question a judge was asked for a reading, and what it said (nbeval.scorers.vlm)."""
+
+    question: str
+    answer: str | None
+    probabilities: dict[str, float] | None  # option → probability
+    source: str | None  # "logprobs" (the first answer token's alternatives) or "text" (the parsed answer alone)
+    model: str | None  # as the backend names itself in its answer: a provider changing it shows here
+    system_fingerprint: str | None
+
+
 class OCRReading(TypedDict):
     text: str  # every box's text, in reading order, joined by spaces
     boxes: list[OCRBox]
+    judge: NotRequired[list[JudgedQuestion]]  # when a judge read it (no boxes then)
 
 
 class CountedObject(TypedDict):
@@ -32,7 +43,8 @@ class CountedObject(TypedDict):
 
 class CounterReading(TypedDict):
     counts: dict[str, int]  # "<colour> <kind>" → how many
-    objects: list[CountedObject]
+    objects: list[CountedObject]  # empty from a judge, which counts without boxes
+    judge: NotRequired[list[JudgedQuestion]]
 
 
 class Similarity(TypedDict):
@@ -50,6 +62,26 @@ PixelsReading = dict[str, Similarity]  # comparison name (as the suite's truth n
 class ClipReading(TypedDict):
     cos: float  # cosine of the image with its caption
     negatives: dict[str, float]  # hard-negative kind → cosine with that caption
+
+
+class TifaAtom(JudgedQuestion):
+    expected: str  # the right answer
+    p_correct: float  # the judge's probability of it (Soft-TIFA)
+
+
+class TifaReading(TypedDict):
+    atoms: list[TifaAtom]
+
+
+class EditReading(TypedDict):
+    sc: float  # semantic consistency: the edit made, nothing else changed, 0–1 (a 0–10 rating / 10)
+    pq: float  # perceptual quality, 0–1
+    judge: list[JudgedQuestion]
+
+
+class PairwiseReading(TypedDict):
+    choice: str  # "first", "second" or "tie": which image matches the prompt better
+    judge: list[JudgedQuestion]
 
 
 class IdentityReading(TypedDict):

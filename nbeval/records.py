@@ -106,6 +106,7 @@ class Generation:
     seconds: float
     error: str | None = None
     cached: bool = False
+    input_sha256: str | None = None  # the image this turn edited (the model's own previous one, or what the suite gave it)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from nbeval.records import content_hash
 from nbeval.suite import ContestSuite, Suite, SuiteResult
 
 SCHEMA_VERSION = 1
+CARDS_FOLDER = "cards"  # under the cache_dir: one scorer card (nbeval scorer-card) per scorer fingerprint
 log = logging.getLogger(__name__)
 _PACKAGES = ("nbeval", "torch", "easyocr", "open_clip_torch", "transformers", "numpy", "pandas", "pillow", "hydra-core", "mlflow", "scipy")
 
@@ -87,6 +88,16 @@ class Run:
         return {r.suite.name: r.suite for r in self.results}
 
 
+def cards_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / CARDS_FOLDER
+
+
+def find_card(cache_dir: str | Path, fingerprint: str) -> str | None:
+    """The scorer card of the scorer with this fingerprint, if one was made with this cache."""
+    path = cards_dir(cache_dir) / f"{fingerprint}.json"
+    return str(path) if path.is_file() else None
+
+
 def model_record(model) -> dict:
     return {"name": model.name, "fingerprint": model.fingerprint, "settings": model.settings()}
 
@@ -111,6 +122,7 @@ def suite_record(r: SuiteResult, out_dir: Path) -> dict:
         "n_samples": len(r.samples),
         "n_failed_generations": r.n_failed_generations,
         "n_failed_scores": r.n_failed_scores,
+        "failure_reasons": r.failure_reasons,
         "cached_generations": int(r.generations["cached"].sum()),
         "cached_readings": r.cached_readings,
         "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
@@ -199,6 +211,10 @@ def _summary_metrics(suite, metrics: dict) -> list[str]:
     return out
 
 
+def _reasons(reasons: dict | None) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
+
+
 def summary_markdown(res: dict, suites: dict) -> str:
     """A short human-readable summary: headline metrics with CIs, then failures and timing."""
     lines = [f"# nbeval: {res['model']['name']} (n={res['n']}, seed={res['seed']})", ""]
@@ -210,10 +226,17 @@ def summary_markdown(res: dict, suites: dict) -> str:
             star = " **" if metric.split("/")[0] in suite.headline else " "
             lines.append(f"| {name} |{star}{metric}{star.strip()} | {_fmt(m)} | {m['n']} |")
     lines.append("")
+    unvalidated = [role for role, card in res["scorers"].items() if not card.get("scorer_card")]
+    if unvalidated:
+        lines.append(f"- unvalidated scorers: {', '.join(unvalidated)} (no scorer card for their fingerprints; make one with "
+                     "`nbeval scorer-card` and this run's scorer list)")
+    for role, card in res["scorers"].items():
+        if card.get("scorer_card"):
+            lines.append(f"- scorer {role}: card {card['scorer_card']}")
     for name, rec in res["suites"].items():
         lines.append(
             f"- {name}: {rec['n_samples']} samples, {rec['n_failed_generations']} failed generations, "
-            f"{rec['n_failed_scores']} failed scores, {rec['cached_generations']} generations and "
+            f"{rec['n_failed_scores']} failed scores{_reasons(rec.get('failure_reasons'))}, {rec['cached_generations']} generations and "
             f"{rec['cached_readings']} scorer readings from cache, "
             f"{rec['seconds']['total']:.1f} s"
         )

@@ -74,8 +74,9 @@ def generate(model: ModelAdapter, suite: Suite, samples: list[Sample], size: int
         pending: list[Sample] = []
         for s in todo:
             hit = cache.get_generation(fp, key[s.id], turn)
+            given = inputs[s.id][-1] if turn else None
             if hit:
-                by_id[s.id] = Generation(s.id, turn, model.name, fp, hit["image_sha256"], hit["seconds"], None, True)
+                by_id[s.id] = Generation(s.id, turn, model.name, fp, hit["image_sha256"], hit["seconds"], None, True, given)
             else:
                 pending.append(s)
         desc = f"{suite.name}: " + ("generate" if turn == 0 else f"edit turn {turn}")
@@ -89,12 +90,13 @@ def generate(model: ModelAdapter, suite: Suite, samples: list[Sample], size: int
                     log.warning("generation batch failed: %s", _error(e))
                     results = [GenResult(None, 0.0, f"batch failed: {_error(e)}")] * len(batch)
                 for s, r in zip(batch, results):
+                    given = inputs[s.id][-1] if turn else None
                     if r.image is None:
-                        by_id[s.id] = Generation(s.id, turn, model.name, fp, None, r.seconds, r.error or "no image")
+                        by_id[s.id] = Generation(s.id, turn, model.name, fp, None, r.seconds, r.error or "no image", input_sha256=given)
                         continue
                     sha = cache.put_image(r.image)
                     cache.put_generation(fp, key[s.id], turn, sha, r.seconds, r.manifest)
-                    by_id[s.id] = Generation(s.id, turn, model.name, fp, sha, r.seconds)
+                    by_id[s.id] = Generation(s.id, turn, model.name, fp, sha, r.seconds, input_sha256=given)
                 bar.update(len(batch))
         gens = [by_id[s.id] for s in todo]
         out += gens
@@ -110,10 +112,11 @@ def generate(model: ModelAdapter, suite: Suite, samples: list[Sample], size: int
     return out
 
 
-def _checked(scorer: Scorer, readings: list[dict]) -> list[dict]:
-    """The scorer's readings, refused when one lacks a key of the reading type it declares."""
+def _checked(scorer: Scorer, readings: list[dict | BaseException]) -> list[dict | BaseException]:
+    """The scorer's readings (an item it could not read is an exception in its place), refused when
+    one lacks a key of the reading type it declares."""
     for r in readings:
-        if missing := missing_keys(r, scorer.reading):
+        if not isinstance(r, BaseException) and (missing := missing_keys(r, scorer.reading)):
             raise TypeError(f"scorer {scorer.name!r} gave a reading without {', '.join(missing)} of its {name_of(scorer.reading)}")
     return readings
 
@@ -121,15 +124,22 @@ def _checked(scorer: Scorer, readings: list[dict]) -> list[dict]:
 def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size: int, desc: str) -> tuple[list[dict | BaseException], int]:
     """The scorer's reading of each (image sha256, truth) — cached, else computed in batches — and
     how many came from the cache. A batch that fails is retried one item at a time, so a single bad
-    image fails alone.
+    image fails alone; an item the scorer could not read (an exception in its place) fails alone and
+    is not cached. A scorer that `needs_input` reads (input, image) pairs: the truth names the input
+    (`input_image`, so it is part of the cache key).
     """
+
+    def image(i: int):
+        sha, truth = items[i]
+        return (cache.get_image(truth["input_image"]), cache.get_image(sha)) if scorer.needs_input else cache.get_image(sha)
+
     fp = scorer.fingerprint
     keys = [(sha, content_hash(truth) if scorer.uses_truth else "-") for sha, truth in items]
     out: list[dict | BaseException | None] = [cache.get_reading(fp, sha, th) for sha, th in keys]
     pending = [i for i, r in enumerate(out) if r is None]
     with tqdm(total=len(items), initial=len(items) - len(pending), desc=f"{desc}: {scorer.name}", unit="img", leave=False) as bar:
         for batch in _chunks(pending, batch_size):
-            images = [cache.get_image(items[i][0]) for i in batch]
+            images = [image(i) for i in batch]
             truths = [items[i][1] for i in batch]
             try:
                 readings = _checked(scorer, scorer.read(images, truths))
@@ -216,8 +226,10 @@ def score_suite(
     cached_readings = 0
     for role in suite.scorers:
         which = [j for j, r in enumerate(roles) if role in r]
-        items = [(ok[j][1].image_sha256, suite.scorer_truth(ok[j][0], ok[j][1].turn, role)) for j in which]
-        got_role, hits = read(scorer_for(role), items, cache, batch_size, suite.name) if items else ([], 0)
+        scorer = scorer_for(role) if which else None
+        items = [(g.image_sha256, suite.scorer_truth(s, g.turn, role) | ({"input_image": g.input_sha256} if scorer.needs_input else {}))
+                 for s, g in (ok[j] for j in which)]
+        got_role, hits = read(scorer, items, cache, batch_size, suite.name) if items else ([], 0)
         readings[role] = dict(zip(which, got_role))
         cached_readings += hits
     t3 = time.perf_counter()

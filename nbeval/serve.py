@@ -1,4 +1,6 @@
-"""`nbeval serve model=<any adapter>`: a model adapter behind an OpenAI-compatible images API.
+"""`nbeval serve model=<any adapter>`: a model adapter behind an OpenAI-compatible images API; and
+`nbeval serve vlm=<any judge backend>`: a judge behind OpenAI's chat completions (`create_judge_app`,
+below), so the chat client is tested against a real server and a team can share one judge.
 
     NBEVAL_API_KEY=… nbeval serve model=reference [model.steps=4 …] [host=127.0.0.1] [port=8000]
                                [max_batch=1] [batch_wait_ms=5] [max_queue=256] [key_env=NBEVAL_API_KEY]
@@ -64,6 +66,7 @@ from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapte
 from nbeval.cache import encode_png
 from nbeval.images import ImageError, load_image
 from nbeval.records import content_hash
+from nbeval.vlm.base import Answer, Judge, Question
 
 log = logging.getLogger("nbeval.serve")
 
@@ -152,13 +155,14 @@ def _json_field(value, name: str, kind: type):
 
 class _Batcher:
     """Requests of one kind queue here; one task takes up to `max_batch` of them at a time and runs
-    the adapter on the shared single worker thread."""
+    the served object (an adapter, a judge) on the shared single worker thread; a call that raises
+    fails its requests with `failed(reason)`, not the server."""
 
-    def __init__(self, fn: Callable[[list], list[GenResult]], executor: ThreadPoolExecutor, config: ServeConfig) -> None:
-        self.fn, self.executor, self.config = fn, executor, config
+    def __init__(self, fn: Callable[[list], list], executor: ThreadPoolExecutor, config: ServeConfig, failed: Callable[[str], object]) -> None:
+        self.fn, self.executor, self.config, self.failed = fn, executor, config, failed
         self.queue: asyncio.Queue | None = None
 
-    async def submit(self, request) -> GenResult:
+    async def submit(self, request):
         if self.queue.qsize() >= self.config.max_queue:
             raise APIError(429, "the server's queue is full; retry later", "rate_limit_error", "queue_full", headers={"Retry-After": "1"})
         future = asyncio.get_running_loop().create_future()
@@ -189,25 +193,31 @@ class _Batcher:
             try:
                 results = await loop.run_in_executor(self.executor, self.fn, [r for r, _ in batch])
                 if len(results) != len(batch):
-                    raise RuntimeError(f"the adapter returned {len(results)} results for {len(batch)} requests")
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
             except Exception as e:  # noqa: BLE001 — a failed call fails its requests, not the server
-                results = [GenResult(None, 0.0, f"{type(e).__name__}: {e}")] * len(batch)
+                results = [self.failed(f"{type(e).__name__}: {e}")] * len(batch)
             for (_, f), res in zip(batch, results):
                 if not f.done():
                     f.set_result(res)
 
 
-def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """The API over an instantiated adapter."""
+@dataclass
+class _Service:
+    """What both APIs share: the app with its error handlers, its batchers, the key check, the model
+    check and the `/health` and `/v1/models` endpoints."""
+
+    app: FastAPI
+    batchers: dict[str, _Batcher]
+    check_key: Callable[[Request], None]
+    check_model: Callable[[str | None], None]
+
+
+def _service(name: str, identity: dict, capabilities: list[str], fns: dict[str, Callable], failed: Callable[[str], object], config: ServeConfig) -> _Service:
     if config.max_batch < 1 or config.max_queue < 1:
         raise ValueError("max_batch and max_queue must be at least 1")
-    identity = {"name": adapter.name, "class": f"{type(adapter).__module__}.{type(adapter).__qualname__}",
-                "fingerprint": adapter.fingerprint, "settings": adapter.settings()}
     started = int(time.time())
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbeval-model")
-    batchers = {"generate": _Batcher(adapter.generate, executor, config)}
-    if "edit" in adapter.capabilities:
-        batchers["edit"] = _Batcher(adapter.edit, executor, config)
+    batchers = {kind: _Batcher(fn, executor, config, failed) for kind, fn in fns.items()}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -220,7 +230,7 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
                 t.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title=f"nbeval serve: {adapter.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title=f"nbeval serve: {name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
@@ -244,20 +254,48 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
             raise APIError(401, "missing or incorrect API key (Authorization: Bearer …)", "authentication_error", "invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
 
+    def check_model(asked: str | None) -> None:
+        if asked not in (None, "", name):
+            raise APIError(404, f"model {asked!r} is not served here; this server serves {name!r}", "invalid_request_error", "model_not_found", "model")
+
+    def model_card() -> dict:
+        return {"id": name, "object": "model", "created": started, "owned_by": "nbeval", "nbeval_fingerprint": identity["fingerprint"],
+                "nbeval_class": identity["class"], "nbeval_capabilities": capabilities}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": name, "fingerprint": identity["fingerprint"]}
+
+    @app.get("/v1/models")
+    def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{asked}")
+    def one_model(asked: str, request: Request):
+        check_key(request)
+        check_model(asked)
+        return model_card()
+
+    return _Service(app, batchers, check_key, check_model)
+
+
+def _identity(obj) -> dict:
+    return {"name": obj.name, "class": f"{type(obj).__module__}.{type(obj).__qualname__}", "fingerprint": obj.fingerprint, "settings": obj.settings()}
+
+
+def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The images API over an instantiated adapter."""
+    identity = _identity(adapter)
+    fns = {"generate": adapter.generate, **({"edit": adapter.edit} if "edit" in adapter.capabilities else {})}
+    service = _service(adapter.name, identity, sorted(adapter.capabilities), fns, lambda why: GenResult(None, 0.0, why), config)
+    app, batchers, check_key, check_model = service.app, service.batchers, service.check_key, service.check_model
+
     def truth_for(value: dict | None) -> dict:
         if value and not adapter.needs_truth:
             raise APIError(400, f"model {adapter.name!r} does not take ground truth: a model under test never sees the answer "
                            "(nbeval_truth is only for the oracle and reference_gtplan)", param="nbeval_truth")
         return value or {}
-
-    def check_model(name: str | None) -> None:
-        if name not in (None, "", adapter.name):
-            raise APIError(404, f"model {name!r} is not served here; this server serves {adapter.name!r}", "invalid_request_error", "model_not_found", "model")
-
-    def model_card() -> dict:
-        return {"id": adapter.name, "object": "model", "created": started, "owned_by": "nbeval",
-                "nbeval_fingerprint": identity["fingerprint"], "nbeval_class": identity["class"],
-                "nbeval_capabilities": sorted(adapter.capabilities)}
 
     def encode(img) -> str:
         return base64.b64encode(encode_png(img.convert("RGB"))).decode("ascii")
@@ -277,21 +315,6 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
         if ignored:
             body["nbeval_ignored"] = ignored
         return JSONResponse(body, headers={"X-Nbeval-Fingerprint": identity["fingerprint"]})
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "model": adapter.name, "fingerprint": identity["fingerprint"]}
-
-    @app.get("/v1/models")
-    def models(request: Request):
-        check_key(request)
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name}")
-    def one_model(name: str, request: Request):
-        check_key(request)
-        check_model(name)
-        return model_card()
 
     @app.post("/v1/images/generations")
     async def generations(body: GenerationBody, request: Request):
@@ -354,11 +377,91 @@ def create_app(adapter: ModelAdapter, config: ServeConfig = ServeConfig()) -> Fa
     return app
 
 
-def serve(adapter: ModelAdapter, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", key_env: str = DEFAULT_KEY_ENV) -> None:
-    """Serve `adapter` until interrupted (`nbeval serve`)."""
+# --- a judge behind OpenAI's chat completions ---------------------------------------------------------
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[dict] = Field(min_length=1, max_length=64)
+    model: str | None = None
+    n: int = Field(1, ge=1, le=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    temperature: float | None = None
+    max_tokens: int | None = Field(None, ge=1)
+
+
+def _question(body: ChatBody) -> Question:
+    """The last user message of a chat request → a Question: its text parts and its images (data
+    URLs only: nothing is fetched)."""
+    user = next((m for m in reversed(body.messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    if user is None:
+        raise APIError(400, "messages must hold a user message", param="messages")
+    content = user.get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content if isinstance(content, list) else None
+    if parts is None:
+        raise APIError(400, "a message's content is a string or a list of parts", param="messages")
+    texts, images = [], []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            if not url.startswith("data:"):
+                raise APIError(400, "images must be data URLs (data:image/png;base64,…): nothing is fetched", param="messages")
+            try:
+                images.append(load_image(base64.b64decode(url.split(",", 1)[1], validate=True)))
+            except (ValueError, IndexError, ImageError) as e:
+                raise APIError(400, f"image: {e}", param="messages") from None
+        else:
+            raise APIError(400, f"unsupported content part {kind!r}: text and image_url only", param="messages")
+    return Question(tuple(images), "\n".join(texts).strip())
+
+
+def create_judge_app(judge: Judge, config: ServeConfig = ServeConfig(), logprobs: bool = True) -> FastAPI:
+    """OpenAI's `POST /v1/chat/completions` over a judge: the last user message's images and text are
+    the question; the answer's first token alternatives come back as `logprobs` when asked for (and
+    `logprobs` is on: off, it is a text-only server, as some providers are). A refusal or an
+    unsupported question is a message with `refusal`; a content filter, finish reason
+    "content_filter"; any other failure a 422."""
+    identity = _identity(judge)
+    # what the server sends back is part of what a reading holds: a text-only server is another judge to the cache
+    identity["fingerprint"] = content_hash([identity["fingerprint"], {"logprobs": logprobs}])[:16]
+    service = _service(judge.name, identity, ["chat"], {"ask": judge.ask}, lambda why: Answer.failed("transport", why), config)
+    app = service.app
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody, request: Request):
+        service.check_key(request)
+        service.check_model(body.model)
+        question = _question(body)
+        answer: Answer = await service.batchers["ask"].submit(question)
+        log.info("chat images=%d kind=%s %s", len(question.images), "ok" if answer.error is None else answer.error_kind, question.text[:60])
+        message: dict = {"role": "assistant", "content": answer.text, "refusal": None}
+        finish, lp = "stop", None
+        if answer.error_kind in ("refusal", "unsupported"):
+            message |= {"content": None, "refusal": answer.error}
+        elif answer.error_kind == "content_filter":
+            message["content"], finish = None, "content_filter"
+        elif answer.error:
+            raise APIError(422, f"the judge failed on this question: {answer.error}", "model_error", "judge_failed")
+        elif logprobs and body.logprobs and answer.top_logprobs:
+            top = [{"token": t, "logprob": lp_} for t, lp_ in answer.top_logprobs[: max(1, body.top_logprobs or 1)]]
+            lp = {"content": [{"token": answer.top_logprobs[0][0], "logprob": answer.top_logprobs[0][1], "top_logprobs": top}]}
+        return JSONResponse({
+            "id": "chatcmpl-" + content_hash([question.text, time.time_ns()])[:24], "object": "chat.completion", "created": int(time.time()),
+            "model": judge.name, "system_fingerprint": identity["fingerprint"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": lp}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }, headers={"X-Nbeval-Fingerprint": identity["fingerprint"]})
+
+    return app
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Serve an app (`create_app`, `create_judge_app`) until interrupted (`nbeval serve`)."""
     import uvicorn
 
-    app = create_app(adapter, config)
-    log.info("serving %s (fingerprint %s) at http://%s:%d/v1 (key %s, max_batch %d)", adapter.name, adapter.fingerprint, host, port,
-             f"required, from ${key_env}" if config.api_key else "not required", config.max_batch)
     uvicorn.run(app, host=host, port=port, server_header=False, log_level=log_level)

@@ -36,6 +36,7 @@ class Suite(ABC):
     name: str = "suite"  # the default; a run names each suite by its config key
     version: str = "1"
     scorers: Mapping[str, type] = {}  # scorer role it reads images with → the reading it expects (nbeval.readings)
+    optional_scorers: frozenset[str] = frozenset()  # roles read only when the run configures a scorer for them
     capabilities: frozenset[str] = frozenset({"generate"})
     metrics: tuple[MetricSpec, ...] = ()
     headline: tuple[str, ...] = ()  # metrics shown first in summaries
@@ -55,6 +56,10 @@ class Suite(ABC):
         """Sample i's own generator: it depends on the suite, its params, the seed and i only, so a
         sample never changes when n does (and shards draw exactly the unsharded run's samples)."""
         return random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
+
+    def use_scorers(self, configured: set[str]) -> None:
+        """Read only with the optional roles the run configures a scorer for."""
+        self.scorers = {r: t for r, t in self.scorers.items() if r in configured or r not in self.optional_scorers}
 
     def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
         """The scorer roles that read this turn's image (all of them unless a suite knows better)."""
@@ -116,6 +121,17 @@ class SuiteResult:
     @property
     def n_failed_scores(self) -> int:
         return int(self.scores.loc[self.scores["error"].notna(), "sample_id"].nunique())
+
+    @property
+    def failure_reasons(self) -> dict[str, int]:
+        """Failed readings and scores by reason: a judge's kind of failure (refusal, content_filter,
+        unparsable, timeout, …), else the exception's type."""
+        out: dict[str, int] = {}
+        for error in self.scores["error"].dropna():
+            kind, _, rest = str(error).partition(": ")
+            reason = rest.split(":", 1)[0] if kind == "JudgeError" else kind
+            out[reason] = out.get(reason, 0) + 1
+        return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,10 @@ def compare(truth: str, read: str) -> dict[str, float]:
         "ned": d / max(len(t), len(r), 1),
         "word_recall": sum((tw & rw).values()) / max(sum(tw.values()), 1),
     }
+
+
+def shows_text(read: str, new: str, old: str) -> bool:
+    """Whether a reading shows a text changed from `old` to `new`: the new text is there and the old
+    one is gone (unless the old one is part of the new one). What an edit of the text is judged by."""
+    read, new, old = f" {normalise(read)} ", f" {normalise(new)} ", f" {normalise(old)} "
+    return new in read and (old not in read or old in new)

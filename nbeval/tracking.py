@@ -303,6 +303,25 @@ class MLflowTracker:
             (out_dir / PENDING_FILE).unlink(missing_ok=True)
         return run_id
 
+    def log_scorer_card(self, card: dict, files: list[Path]) -> str | None:
+        """A scorer card (nbeval.scorer_card) as a run of the experiment `<experiment>-scorer-cards`,
+        tagged with the scorer's role and fingerprint; a store that is down is a warning, not a failure."""
+        try:
+            with self._mlflow() as mlflow:
+                mlflow.set_experiment(f"{self.experiment}-scorer-cards")
+                tags = {"nbeval.kind": "scorer_card", "nbeval.scorer_role": card["role"], "nbeval.scorer_fingerprint": card["fingerprint"]}
+                with mlflow.start_run(run_name=f"{card['role']} {card['fingerprint']}", tags=tags) as run:
+                    mlflow.log_params({"role": card["role"], "suite": card["suite"], "metric": card["metric"], "n": card["n"], "seed": card["seed"]})
+                    _log_metrics(mlflow, {f"{r['model']}{'' if r['severity'] is None else '_' + str(r['severity'])}/{card['metric']}{suffix}": r[field]
+                                          for r in card["rows"] if r["value"] is not None
+                                          for suffix, field in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))})
+                    for f in files:
+                        mlflow.log_artifact(str(f))
+                    return run.info.run_id
+        except Exception as e:  # noqa: BLE001 — the card is in its files either way
+            log.warning("MLflow tracking at %s failed (%s): the scorer card is only in %s", self.target(), error_text(e)[:300], files[0].parent)
+            return None
+
     def finish_multirun(self, record: dict, sweep: Path) -> str:
         """What a multirun's parent run missed while the store was down: create it (once: tag
         nbeval.run_uid), nest under it the jobs that were logged without it, leave its id in the sweep

@@ -17,7 +17,7 @@ import pandas as pd
 
 from nbeval.clipmetrics import beats, clip_score, clip_score_terms, hessel, r_precision_hits
 from nbeval.plots import bar_with_ci, plt
-from nbeval.readings import ClipReading
+from nbeval.readings import ClipReading, TifaReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean
 from nbeval.suite import MetricSpec, Suite, estimate_metrics, wide_table
@@ -31,12 +31,17 @@ _TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An i
 class AdherenceSuite(Suite):
     name = "adherence"
     version = "2"
-    scorers = {"clip": ClipReading}
+    scorers = {"clip": ClipReading, "tifa": TifaReading}
+    optional_scorers = frozenset({"tifa"})  # a VLM judge's Soft-TIFA beside CLIP: scorer=[clip,vlm_tifa]
     metrics = (
         MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline)", proportion=True),
         MetricSpec("pairwise", True, "the prompt beats the hard negative of one kind: pairwise/<colour|shape|count|relation>", proportion=True),
         MetricSpec("clip_score", True, "torchmetrics-style CLIPScore, max(100·mean cos, 0): backbone-specific, not comparable across backbones"),
         MetricSpec("clipscore_hessel", True, "Hessel CLIPScore, mean 2.5·max(cos, 0): backbone-specific, not comparable across backbones"),
+        # Only with a judge in the tifa role (scorer=[clip,vlm_tifa]): GenEval 2's Soft-TIFA over the claim's atoms.
+        MetricSpec("soft_tifa_am", True, "Soft-TIFA: per prompt, the arithmetic mean over its atoms of the judge's probability of the right answer"),
+        MetricSpec("soft_tifa_gm", True, "Soft-TIFA: per prompt, the geometric mean of the same probabilities (one missed atom weighs more)"),
+        MetricSpec("tifa_atom_accuracy", True, "share of atoms whose most probable answer is the right one"),
     )
     headline = ("r_precision",)
 
@@ -71,7 +76,7 @@ class AdherenceSuite(Suite):
 
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
         t = sample.truth[turn]
-        return {"caption": t["caption"], "negatives": t["negatives"]}
+        return {"claim": t["claim"]} if role == "tifa" else {"caption": t["caption"], "negatives": t["negatives"]}
 
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         r: ClipReading = readings["clip"]
@@ -84,14 +89,22 @@ class AdherenceSuite(Suite):
             **{f"pairwise/{k}": float(b) for k, b in zip(NEGATIVE_KINDS, beats(cos, neg)[0]) if k in r["negatives"]},
         }
         detail = json.dumps({"caption": sample.truth[turn]["caption"], "cos": r["cos"], "negatives": r["negatives"]})
-        return [Score(sample.id, turn, "clip", m, v, detail) for m, v in values.items()]
+        rows = [Score(sample.id, turn, "clip", m, v, detail) for m, v in values.items()]
+        if "tifa" in readings:
+            atoms = readings["tifa"]["atoms"]
+            p = np.array([a["p_correct"] for a in atoms])
+            judged = {"soft_tifa_am": float(p.mean()), "soft_tifa_gm": float(np.prod(p) ** (1 / len(p))),
+                      "tifa_atom_accuracy": float(np.mean([max(a["probabilities"], key=a["probabilities"].get) == a["expected"] for a in atoms]))}
+            rows += [Score(sample.id, turn, "tifa", m, v, json.dumps({"atoms": atoms})) for m, v in judged.items()]
+        return rows
 
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:
         wide = wide_table(scores, samples)
         by_name = {s.name: s for s in self.metrics}
         out = estimate_metrics(wide, (by_name["r_precision"],), breakdowns=("type",))
         pairwise = tuple(MetricSpec(f"pairwise/{k}", True, "", proportion=True) for k in NEGATIVE_KINDS)
-        out |= estimate_metrics(wide, (*pairwise, by_name["clipscore_hessel"]))
+        out |= estimate_metrics(wide, (*pairwise, by_name["clipscore_hessel"], by_name["soft_tifa_am"], by_name["soft_tifa_gm"]))
+        out |= estimate_metrics(wide, (by_name["tifa_atom_accuracy"],), breakdowns=("type",))
         mean = bootstrap_mean(wide["clip_score"].to_numpy())  # the clamp is on the mean (clipmetrics.clip_score)
         out["clip_score"] = Estimate(clip_score(mean.value), clip_score(mean.ci_low), clip_score(mean.ci_high), mean.n, mean.method)
         return out

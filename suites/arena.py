@@ -53,6 +53,7 @@ class ArenaSuite(ContestSuite):
     metrics = (
         MetricSpec("rating", True, "Bradley–Terry rating (Elo scale, ties ½) from the judge's verdicts, 95% bootstrap CI: rating/<model>"),
         MetricSpec("win_rate", True, "share of its battles a model won, ties as ½ (Wilson CI): win_rate/<model>", proportion=True),
+        MetricSpec("judge", None, "what the judge showed of itself, e.g. judge/judge_first_rate (a VLM's position bias: 0.5 is none)", proportion=True),
     )
     headline = ("rating", "win_rate")
 
@@ -78,6 +79,10 @@ class ArenaSuite(ContestSuite):
         self.scorers, self.capabilities = self.base.scorers, self.base.capabilities
         self.judge = judge or SuiteJudge()
         self.pairs_per_sample, self.rounds, self.anchor, self.anchor_rating = pairs_per_sample, rounds, anchor, float(anchor_rating)
+
+    def use_scorers(self, configured: set[str]) -> None:
+        self.base.use_scorers(configured)
+        self.scorers = self.base.scorers
 
     def params(self) -> dict:
         return {"base": self.base.name, "base_version": self.base.version, "base_params": self.base.params(), "judge": self.judge.name,
@@ -125,7 +130,7 @@ class ArenaSuite(ContestSuite):
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
         first = next(iter(runs.values()))
-        metrics = self.aggregate(table, first.samples)
+        metrics = self.aggregate(table, first.samples) | {f"judge/{k}": v for k, v in self.judge.diagnostics().items()}
         board = pd.DataFrame([
             {"model": key.split("/", 1)[1], "rating": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "battles": e.n,
              "win_rate": metrics["win_rate/" + key.split("/", 1)[1]].value}

@@ -74,6 +74,11 @@ class CountingSuite(Suite):
             )
         return out
 
+    def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
+        """The requested groups: what a counter that is asked about them (a judge) needs; the palette
+        counter reads everything and ignores it."""
+        return {"groups": [{"colour": g["colour"], "kind": g["kind"]} for g in sample.truth[turn]["groups"]]}
+
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         found: dict[str, int] = readings["counter"]["counts"]
         groups = sample.truth[turn]["groups"]
@@ -92,7 +97,8 @@ class CountingSuite(Suite):
             "mae": float(np.mean(np.abs(errors))),
             "bias": float(np.mean(errors)),
         }
-        detail = json.dumps({"found": found, "requested": {f"{g['colour']} {g['kind']}": g["count"] for g in groups}, "errors": errors, "extra": extra})
+        detail = json.dumps({"found": found, "requested": {f"{g['colour']} {g['kind']}": g["count"] for g in groups}, "errors": errors, "extra": extra,
+                             **({"judge": readings["counter"]["judge"]} if "judge" in readings["counter"] else {})})
         return [Score(sample.id, turn, "counter", m, v, detail) for m, v in values.items()]
 
     @staticmethod

@@ -34,18 +34,20 @@ from PIL import Image
 
 from nbeval.galleries import filmstrips
 from nbeval.plots import plt
-from nbeval.readings import CounterReading, OCRReading, PixelsReading
+from nbeval.readings import CounterReading, EditReading, OCRReading, PixelsReading
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, proportion
 from nbeval.suite import MetricSpec, Suite, wide_table
-from nbeval.textmetrics import normalise
+from nbeval.textmetrics import shows_text
 from nbeval.world import COLOURS, COMMON_WORDS, SHAPE_KINDS, SIZES, LayoutError, Scene, apply_edit, fit_text, place_shapes, render, scene_prompt
+from nbeval.world.census import census, located_objects, located_shapes
 from nbeval.world.edits import changed_boxes, possible_ops
 from nbeval.world.layout import word_box
 from nbeval.world.prompts import N_PHRASINGS, position_phrase
 
 PROTOCOLS = ("iterative", "ground_truth")
-PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips")
+EDIT_JUDGED = ("edit_sc", "edit_pq", "edit_overall")  # only with an edit judge (scorer=[…,vlm_edit]); edit turns only
+PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips", *EDIT_JUDGED)
 PIXEL_METRICS = ("ssim", "psnr", "lpips")  # lpips only in readings of a pixels scorer given LPIPS weights
 
 
@@ -53,19 +55,6 @@ def _start_scene(rng: random.Random) -> Scene:
     word = fit_text(rng, rng.choice(COMMON_WORDS), rng.uniform(0.07, 0.1))
     specs = [(rng.choice(SHAPE_KINDS), rng.choice(list(COLOURS)), rng.choice(list(SIZES))) for _ in range(rng.randint(2, 4))]
     return Scene(shapes=place_shapes(rng, specs, avoid=[word_box(word)]), words=(word,))
-
-
-REGION_TOLERANCE = 0.02  # a centre this close to a region border counts as in both regions
-
-
-def _regions(x: float, y: float) -> frozenset[str]:
-    """The named regions a centre is in, allowing for the counter's pixel-rounded boxes at borders."""
-    d = REGION_TOLERANCE
-    return frozenset(position_phrase(min(max(x + dx, 0.0), 1.0), min(max(y + dy, 0.0), 1.0)) for dx in (-d, 0, d) for dy in (-d, 0, d))
-
-
-def _census(objects: list[tuple[str, str, frozenset[str]]], colour: str, kind: str, region: str | None) -> int:
-    return sum(1 for c, k, where in objects if c == colour and k == kind and (region is None or region in where))
 
 
 def _checks(op: str, target: str, before: Scene, after: Scene) -> list[tuple[str, str, str | None]]:
@@ -95,8 +84,10 @@ def _chain_slope(turns: np.ndarray, values: np.ndarray) -> float:
 
 
 class DriftSuite(Suite):
+    name = "drift"
     version = "2"
-    scorers = {"pixels": PixelsReading, "counter": CounterReading, "ocr": OCRReading}
+    scorers = {"pixels": PixelsReading, "counter": CounterReading, "ocr": OCRReading, "edit": EditReading}
+    optional_scorers = frozenset({"edit"})
     capabilities = frozenset({"generate", "edit"})
     metrics = (
         MetricSpec("drift_slope", True, "per-chain OLS slope of preservation SSIM over turns (0 = no drift)"),
@@ -112,6 +103,10 @@ class DriftSuite(Suite):
         MetricSpec("preservation_lpips", False, "masked LPIPS vs the true turn-0 image, same mask as preservation_ssim"),
         MetricSpec("fidelity_lpips", False, "masked LPIPS vs the true image of the turn, same mask as fidelity_ssim"),
         MetricSpec("drift_slope_lpips", False, "per-chain OLS slope of preservation LPIPS over turns (0 = no drift)"),
+        # Only with an edit judge (scorer=[pixels,counter,ocr,vlm_edit]): GEdit-Bench's pair, each 0–1.
+        MetricSpec("edit_sc", True, "the judge's semantic consistency of each edit: made, and nothing else changed (0–10, / 10)"),
+        MetricSpec("edit_pq", True, "the judge's perceptual quality of each edited image (0–10, / 10)"),
+        MetricSpec("edit_overall", True, "GEdit-Bench's overall: sqrt(edit_sc · edit_pq) per edit"),
     )
     headline = ("drift_slope", "edit_success", "preservation_ssim")
 
@@ -172,9 +167,12 @@ class DriftSuite(Suite):
     def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
         if turn == 0:
             return ("pixels",)
-        return ("pixels", "ocr" if sample.truth[turn]["op"] == "change_text" else "counter")
+        judged = ("edit",) if "edit" in self.scorers else ()
+        return ("pixels", "ocr" if sample.truth[turn]["op"] == "change_text" else "counter", *judged)
 
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
+        if role == "edit":
+            return {"instruction": sample.turns[turn - 1]}
         if role != "pixels":
             return {}
         # One mask for every turn of a chain (everything any of its edits may change), so the preservation
@@ -193,14 +191,11 @@ class DriftSuite(Suite):
         before, after = self._scene(sample, turn - 1), self._scene(sample, turn)
         if op == "change_text":
             i = int(target.split(":")[1])
-            read = f" {normalise(readings['ocr']['text'])} "
-            new, old = normalise(after.words[i].text), normalise(before.words[i].text)
-            ok = f" {new} " in read and (f" {old} " not in read or f" {old} " in f" {new} ")
+            ok = shows_text(readings["ocr"]["text"], after.words[i].text, before.words[i].text)
             return float(ok), {"op": op, "read": readings["ocr"]["text"], "want": after.words[i].text, "not": before.words[i].text}
-        found = [(o["colour"], o["kind"], _regions((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)) for o in readings["counter"]["objects"]]
-        want = [(s.colour, s.kind, _regions(s.x, s.y)) for s in after.shapes]
+        found, want = located_objects(readings["counter"]), located_shapes(after)
         checks = [
-            {"colour": c, "kind": k, "region": r or "anywhere", "want": _census(want, c, k, r), "found": _census(found, c, k, r)}
+            {"colour": c, "kind": k, "region": r or "anywhere", "want": census(want, c, k, r), "found": census(found, c, k, r)}
             for c, k, r in _checks(op, target, before, after)
         ]
         return float(all(ch["want"] == ch["found"] for ch in checks)), {"op": op, "checks": checks}
@@ -213,6 +208,10 @@ class DriftSuite(Suite):
         if turn:
             value, detail = self._edit_success(sample, turn, readings)
             rows.append(Score(sample.id, turn, "counter" if detail["op"] != "change_text" else "ocr", "edit_success", value, json.dumps(detail)))
+        if "edit" in readings:
+            r = readings["edit"]
+            detail = json.dumps({"judge": r["judge"]})
+            rows += [Score(sample.id, turn, "edit", m, v, detail) for m, v in (("edit_sc", r["sc"]), ("edit_pq", r["pq"]), ("edit_overall", (r["sc"] * r["pq"]) ** 0.5))]
         return rows
 
     # --- aggregation ------------------------------------------------------------------------------
@@ -238,7 +237,7 @@ class DriftSuite(Suite):
             row["turns_to_failure"] = float(len(passed) if passed.all() else int(np.argmin(passed.to_numpy())))
             for m in PER_TURN:
                 if m in g:
-                    row[m] = float(g.loc[g["turn"] >= (1 if m == "edit_success" else 0), m].mean())
+                    row[m] = float(g.loc[g["turn"] >= (1 if m == "edit_success" or m in EDIT_JUDGED else 0), m].mean())
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -30,7 +30,8 @@ from PIL import Image
 
 from conftest import NBEVAL, run_cli
 from nbeval.adapters.base import EditRequest, GenRequest
-from nbeval.adapters.openai_http import OpenAIHTTPAdapter, retry_after_s
+from nbeval.adapters.openai_http import OpenAIHTTPAdapter
+from nbeval.http import retry_after_s
 from nbeval.cache import Cache
 from nbeval.runner import generate
 from nbeval.testing import ServeProcess

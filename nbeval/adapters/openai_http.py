@@ -2,13 +2,11 @@
 
 `POST {base_url}/images/generations` (JSON) for the first turn and `POST {base_url}/images/edits`
 (multipart: the last image + this turn's instruction) for edit turns; base64 answers. Each request
-of a batch is sent on its own (n=1), `concurrency` at a time, with a timeout; 429, 408, 5xx and
-connection failures are retried with exponential backoff and jitter, at least as long as the
-server's Retry-After says. A request that still fails becomes that sample's error; the run goes on.
-
-The API key is read from the environment variable named by `api_key_env` when a request is sent:
-it is never a setting, never part of the fingerprint or the manifest, never logged, and removed
-from any error text a server might echo it in.
+of a batch is sent on its own (n=1), `concurrency` at a time, through nbeval.http's client: a
+timeout, retries with backoff at least as long as the server's Retry-After, and the API key only from
+the environment variable `api_key_env` (never a setting, never in the fingerprint or the manifest,
+never logged, removed from any error text). A request that still fails becomes that sample's error;
+the run goes on.
 
 Fingerprint: the request settings that change images (model name, size, format, extra fields,
 which extensions are sent) plus the served model's identity. `nbeval serve` reports its adapter's
@@ -26,11 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import logging
-import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,53 +35,12 @@ from PIL import Image
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
 from nbeval.cache import encode_png
+from nbeval.http import APIClient, RequestFailed
 from nbeval.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 log = logging.getLogger(__name__)
-if logging.getLogger("httpx").level == logging.NOTSET:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request is noise in a run's log
-
 PROTOCOL = 1  # bump when what is sent changes in a way that changes images
-RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
 ANSWER_HEADERS = ("x-request-id", "openai-model", "openai-version", "openai-processing-ms", "x-nbeval-fingerprint")
-
-
-class RequestFailed(Exception):
-    """A request that failed for good (after its retries, or a refusal not worth retrying)."""
-
-
-def retry_after_s(headers: httpx.Headers) -> float | None:
-    """Seconds the server asks us to wait: `retry-after-ms` (OpenAI), or Retry-After in seconds or
-    as an HTTP date."""
-    if "retry-after-ms" in headers:
-        try:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        err = response.json().get("error")
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        if err:
-            return str(err)
-    except (ValueError, AttributeError):
-        pass
-    return response.text[:300] or response.reason_phrase
 
 
 class OpenAIHTTPAdapter(ModelAdapter):
@@ -114,25 +68,18 @@ class OpenAIHTTPAdapter(ModelAdapter):
         concurrency: int = 4,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
-            raise ValueError("need concurrency >= 1, max_retries >= 0, timeout_s > 0 and backoff_s >= 0")
         if response_format not in (None, "b64_json", "url"):
             raise ValueError(f"response_format must be b64_json, url or null, got {response_format!r}")
-        self.base_url = base_url.rstrip("/")
+        self.api = APIClient(base_url, api_key_env, timeout_s, connect_timeout_s, max_retries, backoff_s, backoff_max_s, retry_after_max_s, concurrency)
+        self.base_url = self.api.base_url
         self.model, self.name = model, name or f"http-{model}"
-        self.api_key_env = api_key_env or None
         self.size = None if size in (None, "", "null") else str(size)
         self.response_format, self.send_seed, self.extensions, self.send_truth = response_format, bool(send_seed), bool(extensions), bool(send_truth)
         self.extra = dict(extra or {})
-        self.identify = bool(identify)
-        self.timeout = httpx.Timeout(float(timeout_s), connect=min(float(connect_timeout_s), float(timeout_s)))
-        self.max_retries, self.backoff_s, self.backoff_max_s, self.retry_after_max_s = int(max_retries), float(backoff_s), float(backoff_max_s), float(retry_after_max_s)
-        self.concurrency, self.max_pixels = int(concurrency), int(max_pixels)
-        self._client: httpx.Client | None = None
-        self._client_pid: int | None = None
+        self.identify, self.max_pixels = bool(identify), int(max_pixels)
         self._served: dict | None = None
         self._identified = False
-        self._lock = threading.RLock()  # guards the identity and the connection pool
+        self._lock = threading.RLock()  # guards the identity
 
     def __repr__(self) -> str:
         return f"OpenAIHTTPAdapter(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -159,7 +106,7 @@ class OpenAIHTTPAdapter(ModelAdapter):
         with self._lock:
             if self.identify and not self._identified:
                 try:
-                    response, _ = self._send("GET", f"/models/{self.model}", accept=(200, 404, 405, 501))
+                    response, _ = self.api.send("GET", f"/models/{self.model}", accept=(200, 404, 405, 501))
                 except RequestFailed as e:
                     raise RuntimeError(f"cannot identify the model at {self.base_url}: {e}") from None
                 card = response.json() if response.status_code == 200 else {}
@@ -168,60 +115,12 @@ class OpenAIHTTPAdapter(ModelAdapter):
                 self._identified = True
             return self._served
 
-    # -- HTTP -------------------------------------------------------------------------------------
-    @property
-    def client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None or self._client_pid != os.getpid():  # never share a connection pool across a fork
-                limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-                self._client, self._client_pid = httpx.Client(timeout=self.timeout, limits=limits), os.getpid()
-            return self._client
-
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None, "_client_pid": None, "_lock": None}
+        return {**self.__dict__, "_lock": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-
-    def _key(self) -> str:
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-
-    def _redact(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, "***") if key else text
-
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        """Exponential backoff with equal jitter; never shorter than the server's Retry-After."""
-        d = min(self.backoff_max_s, self.backoff_s * 2**attempt)
-        d = d / 2 + random.uniform(0, d / 2)
-        asked = retry_after_s(response.headers) if response is not None else None
-        return max(d, min(asked, self.retry_after_max_s)) if asked is not None else d
-
-    def _send(self, method: str, path: str, accept: tuple[int, ...] = (200,), **kwargs) -> tuple[httpx.Response, int]:
-        """The answer to one request and the attempts it took; retried on 429/408/5xx and on
-        connection failures and timeouts. Raises RequestFailed."""
-        key = self._key()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        for attempt in range(self.max_retries + 1):
-            response, why = None, ""
-            try:
-                response = self.client.request(method, self.base_url + path, headers=headers, **kwargs)
-            except httpx.TransportError as e:  # refused, reset, timed out: worth another try
-                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            else:
-                if response.status_code in accept:
-                    return response, attempt + 1
-                why = f"HTTP {response.status_code}: {_error_message(response)}"
-                if response.status_code < 500 and response.status_code not in RETRY_STATUS:
-                    raise RequestFailed(self._redact(f"{method} {path}: {why}"))
-            why = self._redact(why)
-            if attempt == self.max_retries:
-                raise RequestFailed(f"{method} {path}: {why} (after {attempt + 1} attempts)")
-            delay = self._delay(attempt, response)
-            log.info("%s %s: %s; retry %d/%d in %.1f s", method, path, why, attempt + 1, self.max_retries, delay)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
 
     # -- requests ---------------------------------------------------------------------------------
     def _size_field(self, size: int) -> str:
@@ -239,7 +138,7 @@ class OpenAIHTTPAdapter(ModelAdapter):
             except (binascii.Error, ValueError, TypeError):
                 raise RequestFailed("b64_json is not valid base64") from None
         elif item.get("url"):
-            data = self.client.get(item["url"]).raise_for_status().content  # a provider's link: no key sent to it
+            data = self.api.client.get(item["url"]).raise_for_status().content  # a provider's link: no key sent to it
         else:
             raise RequestFailed("the answer's data[0] has neither b64_json nor url")
         try:
@@ -261,13 +160,13 @@ class OpenAIHTTPAdapter(ModelAdapter):
         t0 = time.perf_counter()
         manifest = {"endpoint": path, "request": request}
         try:
-            response, attempts = self._send("POST", path, **kwargs)
+            response, attempts = self.api.send("POST", path, **kwargs)
             manifest["attempts"] = attempts
             image, meta = self._image_from(response)
             manifest["answer"] = meta
             image = self._fit(image, size, manifest)
         except (RequestFailed, httpx.HTTPError) as e:
-            msg = self._redact(str(e) if isinstance(e, RequestFailed) else f"{type(e).__name__}: {e}")
+            msg = self.api.redact(str(e) if isinstance(e, RequestFailed) else f"{type(e).__name__}: {e}")
             log.warning("%s failed: %s", path, msg)
             return GenResult(None, time.perf_counter() - t0, msg)
         manifest["adapter"] = {"name": self.name, "fingerprint": self.fingerprint}
@@ -307,9 +206,9 @@ class OpenAIHTTPAdapter(ModelAdapter):
         if not requests:
             return []
         self.fingerprint  # noqa: B018 — identify the served model once, before the threads start
-        if self.concurrency == 1 or len(requests) == 1:
+        if self.api.concurrency == 1 or len(requests) == 1:
             return [fn(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="nbeval-http") as pool:
+        with ThreadPoolExecutor(max_workers=min(self.api.concurrency, len(requests)), thread_name_prefix="nbeval-http") as pool:
             return list(pool.map(fn, requests))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

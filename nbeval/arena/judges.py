@@ -23,6 +23,7 @@ from nbeval.cache import Cache
 from nbeval.records import Sample, content_hash
 from nbeval.runner import read
 from nbeval.scorers.base import Scorer
+from nbeval.stats import Estimate
 from nbeval.suite import Suite
 
 
@@ -68,6 +69,11 @@ class Judge(ABC):
     @abstractmethod
     def judge(self, battles: list[Battle], ctx: JudgeContext) -> list[str]:
         """One winner per battle, in order: "a", "b", "tie" or "both_bad"."""
+
+    def diagnostics(self) -> dict[str, Estimate]:
+        """What the last `judge` call showed of the judge itself (a VLM's position bias); reported as
+        the arena's `judge/<name>` metrics. None by default."""
+        return {}
 
 
 def forfeit(missing_a: bool, missing_b: bool) -> str:
@@ -157,3 +163,49 @@ class ClipJudge(Judge):
             cos_a, cos_b = (cos.get((side.image, content_hash(t))) for side in (b.a, b.b))
             verdicts.append(compare(cos_a, cos_b, True))
         return verdicts
+
+
+class VLMPairwiseJudge(Judge):
+    """A VLM judge (conf/vlm/) asked which image matches the sample's prompt better, in both orders
+    (GenArena: one order alone carries the judge's position bias). A side wins only when both orders
+    agree; orders that disagree, or "tie" answers, are a tie; a failed answer (refusal, filter,
+    unparsable, timeout) is a tie too, never a win. Each order is a cached reading of the
+    `VLMPairwise` scorer (the images' pair and the prompt are its key). `diagnostics()` reports
+    how often the judge chose the first image shown — 0.5 for a judge without a position bias — and
+    how often the two orders disagreed."""
+
+    name = "vlm_pairwise"
+
+    def __init__(self, vlm) -> None:
+        from nbeval.scorers.vlm import VLMPairwise
+
+        self.scorer = VLMPairwise(vlm)
+        self._seen: dict[str, int] = {}
+
+    def settings(self, ctx: JudgeContext) -> dict:
+        return {"scorer_fingerprint": self.scorer.fingerprint, "orders": "both", "text": "the sample's prompt", "turn": 0}
+
+    def judge(self, battles: list[Battle], ctx: JudgeContext) -> list[str]:
+        pairs = [(b, {"prompt": b.sample.prompt}) for b in battles if b.a.image and b.b.image]
+        items = [(second.image, {**t, "input_image": first.image}) for b, t in pairs for first, second in ((b.a, b.b), (b.b, b.a))]
+        readings, _ = read(self.scorer, items, ctx.cache, ctx.batch_size, "arena judge") if items else ([], 0)
+        choices = [r["choice"] if not isinstance(r, BaseException) else None for r in readings]
+        verdict: dict[str, str] = {}
+        first = disagree = answered = 0
+        for k, (b, _) in enumerate(pairs):
+            ab, ba = choices[2 * k], choices[2 * k + 1]  # a shown first, then b shown first
+            answered += (ab is not None) + (ba is not None)
+            first += (ab == "first") + (ba == "first")
+            a_wins, b_wins = (ab, ba) == ("first", "second"), (ab, ba) == ("second", "first")
+            disagree += ab in ("first", "second") and ba in ("first", "second") and not (a_wins or b_wins)
+            verdict[b.id] = "a" if a_wins else "b" if b_wins else "tie"
+        self._seen = {"answers": answered, "first": first, "pairs": len(pairs), "disagreed": disagree}
+        return [verdict.get(b.id) or forfeit(not b.a.image, not b.b.image) for b in battles]
+
+    def diagnostics(self) -> dict[str, Estimate]:
+        from nbeval.stats import wilson
+
+        seen = self._seen
+        if not seen.get("answers"):
+            return {}
+        return {"judge_first_rate": wilson(seen["first"], seen["answers"]), "judge_order_disagreement": wilson(seen["disagreed"], seen["pairs"])}

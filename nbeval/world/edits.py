@@ -7,6 +7,7 @@ thing changed so a scorer can check the edited region and the preservation of ev
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, replace
 
 from nbeval.world.layout import MARGIN, Box, LayoutError, fit_text, place_shapes, shape_box, word_box
@@ -94,6 +95,26 @@ def _change_text(scene: Scene, rng: random.Random, vocabulary: tuple[str, ...]) 
     words[i] = new
     text = f'Change the text "{old.text}" to "{new_text}".'
     return Edit("change_text", text, scene, scene.with_words(tuple(words)), f"word:{i}")
+
+
+_W = r"[a-z]+"
+_WHERE = r"[a-z]+(?: [a-z]+)?"
+_INSTRUCTIONS = {  # the inverse of the phrasings above, one per operation
+    "add": rf"Add an? (?P<size>{_W}) (?P<colour>{_W}) (?P<kind>{_W}) at the (?P<where>{_WHERE})\.",
+    "remove": rf"Remove the (?P<colour>{_W}) (?P<kind>{_W}) at the (?P<where>{_WHERE})\.",
+    "recolour": rf"Make the (?P<colour>{_W}) (?P<kind>{_W}) at the (?P<where>{_WHERE}) (?P<new_colour>{_W})\.",
+    "move": rf"Move the (?P<colour>{_W}) (?P<kind>{_W}) from the (?P<where>{_WHERE}) to the (?P<to>{_WHERE})\.",
+    "change_text": r'Change the text "(?P<old>[^"]*)" to "(?P<new>[^"]*)"\.',
+}
+
+
+def parse_instruction(text: str) -> dict[str, str] | None:
+    """An edit instruction of the world's phrasing → its operation and fields (None for any other
+    text): what a judge that knows only the world reads from an instruction."""
+    for op, pattern in _INSTRUCTIONS.items():
+        if m := re.fullmatch(pattern, text.strip()):
+            return {"op": op, **m.groupdict()}
+    return None
 
 
 def possible_ops(scene: Scene) -> list[str]:

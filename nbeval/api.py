@@ -43,12 +43,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     overrides = list(overrides)
     if GlobalHydra.instance().is_initialized():
-        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides)
+        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides, config_name)
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides)
+        return with_listed_models(hydra_compose(config_name, overrides=overrides), overrides, config_name)
 
 
-def with_listed_models(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+def with_listed_models(cfg: DictConfig, overrides: Sequence[str], config_name: str = "config") -> DictConfig:
     """For `model=[a,b,…]` (models compared in one run, as the arena does) the config gains `models`:
     config option → that model's config, composed as if the run named it alone (the run's overrides
     with `model=<it>`), so per-model overrides such as model.severity=2 apply to each; Hydra itself
@@ -61,7 +61,7 @@ def with_listed_models(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     if listed is None:
         return cfg
     rest = [o.input_line for o in parsed if o is not listed]
-    models = {str(m): hydra_compose("config", overrides=[*rest, f"model={m}"]).model for m in listed.value()}
+    models = {str(m): hydra_compose(config_name, overrides=[*rest, f"model={m}"]).model for m in listed.value()}
     with open_dict(cfg):
         cfg.models = models
     return cfg

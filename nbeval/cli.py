@@ -95,7 +95,7 @@ def _run_app() -> None:
         if hc.mode == RunMode.MULTIRUN:  # `nbeval sync` nests a job under a parent it makes later (the store was down)
             tags["nbeval.sweep_dir"] = str(Path(hc.sweep.dir).resolve())
         tags["nbeval.config"] = hc.job.config_name  # config or a preset such as nightly: report history compares like with like
-        cfg = api.with_listed_models(cfg, list(hc.overrides.task))
+        cfg = api.with_listed_models(cfg, list(hc.overrides.task), hc.job.config_name)
         if cfg.get("models"):
             tags["nbeval.choice.model"] = ",".join(cfg.models)
         run = api.evaluate(cfg, tags)

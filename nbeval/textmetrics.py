@@ -69,3 +69,10 @@ def oneig_text_score(ed: ArrayLike, cr: ArrayLike, wac: ArrayLike) -> np.ndarray
     WAC or a zero ED gives 1; the cap keeps a few long garbled texts from driving it below 0."""
     ed, cr, wac = np.asarray(ed, dtype=float), np.asarray(cr, dtype=float), np.asarray(wac, dtype=float)
     return 1 - np.minimum(ONEIG_MAX_EDIT_DISTANCE, ed) * (1 - cr) * (1 - wac) / ONEIG_MAX_EDIT_DISTANCE
+
+
+def shows_text(read: str, new: str, old: str) -> bool:
+    """Whether a reading shows a text changed from `old` to `new`: the new text is there and the old
+    one is gone (unless the old one is part of the new one). What an edit of the text is judged by."""
+    read, new, old = f" {normalise(read)} ", f" {normalise(new)} ", f" {normalise(old)} "
+    return new in read and (old not in read or old in new)

@@ -111,7 +111,8 @@ class TextRenderingSuite(Suite):
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         read = readings["ocr"]["text"]
         truth = sample.truth[turn]["text"]
-        detail = json.dumps({"read": read, "read_normalised": normalise(read), "truth": truth})
+        detail = json.dumps({"read": read, "read_normalised": normalise(read), "truth": truth,
+                             **({"judge": readings["ocr"]["judge"]} if "judge" in readings["ocr"] else {})})
         return [Score(sample.id, turn, "ocr", m, v, detail) for m, v in compare(truth, read).items()]
 
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:

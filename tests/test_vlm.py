@@ -127,8 +127,9 @@ def test_counting_through_a_served_judge_is_exact_on_the_oracle_and_sees_dropped
     url = judge_servers[server].url
     clean, scores = _judged(compose_cfg, tmp_path, url, "model=oracle")
     assert clean["suites"]["counting"]["metrics"]["exact_accuracy"]["value"] == 1.0
-    sources = {a["source"] for d in scores["detail"] for a in json.loads(d).get("judge", [])}
-    assert sources == {"logprobs" if server == "logprobs" else "text"}
+    asked = [a for d in scores["detail"] for a in json.loads(d).get("judge", [])]
+    assert {a["source"] for a in asked} == {"logprobs" if server == "logprobs" else "text"}
+    assert {a["model"] for a in asked} == {"world"} and len({a["system_fingerprint"] for a in asked}) == 1, "each reading keeps who answered"
     judge = clean["scorers"]["counter"]["judge"]
     assert judge["served"]["name"] == "world" and "base_url" not in judge, "a served nbeval judge is known by its fingerprint"
     dropped, _ = _judged(compose_cfg, tmp_path, url, "model=oracle_drop", "model.severity=2")
@@ -198,7 +199,7 @@ def test_scorer_cards_for_the_palette_counter_and_the_world_judge(tmp_path):
         rows = {(row["model"], row["severity"]): row for row in card["rows"]}
         assert rows[("oracle", None)]["value"] == 1.0, scorer
         blur = [rows[("oracle_blur", s)]["value"] for s in (1, 2, 3, 4)]
-        assert card["falls_with_damage"] == {"oracle_blur": True} and blur[-1] < 1.0, (scorer, blur)
+        assert card["with_damage"] == {"oracle_blur": "falls"} and blur[-1] < 1.0, (scorer, blur)
         assert (tmp_path / "cache" / "cards" / f"{card['fingerprint']}.json").is_file()
     # a run with a carded scorer links its card; one without says unvalidated
     r = run_cli(["run", "model=oracle", "suite=[counting]", "n=4", "scorer=[vlm_count]", f"cache_dir={tmp_path / 'cache'}", "tracking=none",
@@ -228,3 +229,79 @@ def test_every_world_edit_instruction_parses_back_to_its_operation():
             seen.add(op)
     assert seen == {"add", "remove", "recolour", "move", "change_text"}
     assert parse_instruction("Make it nicer.") is None
+
+
+class _ChatServer:
+    """A scripted chat-completions server on loopback: refuses `logprobs` with a 400 (as some provider
+    models do), then answers from a script keyed by the question's first word."""
+
+    def __init__(self, script: dict[str, dict]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script, self.log = script, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.log.append(body)
+                text = body["messages"][-1]["content"][-1]["text"]
+                if body.get("logprobs"):
+                    status, reply = 400, {"error": {"message": "logprobs are not supported with this model", "type": "invalid_request_error"}}
+                else:
+                    status, reply = 200, outer.script[text.split()[0]]
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _completion(message: dict, finish: str = "stop") -> dict:
+    return {"id": "c1", "model": "provider-model-2026-01-01", "system_fingerprint": "fp_1", "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+
+def test_the_chat_client_falls_back_to_text_and_names_every_failure():
+    from nbeval.vlm.openai_chat import OpenAIChatJudge
+
+    srv = _ChatServer({"Is": _completion({"role": "assistant", "content": "Yes."}),
+                       "How": _completion({"role": "assistant", "content": None, "refusal": "I can't help with that."}),
+                       "What": _completion({"role": "assistant", "content": None}, "content_filter"),
+                       "Are": _completion({"role": "assistant", "content": "  "})})
+    img = Image.new("RGB", (16, 16), "white")
+    judge = OpenAIChatJudge(srv.url, "provider-model", identify=False, max_retries=0, concurrency=1)
+    asks = [q.exists_question(img, "red", "circle"), q.count_question(img, "red", "circle"), q.text_question(img), q.exact_question(img, "red", "circle", 2)]
+    ok, refused, filtered, empty = judge.ask(asks)
+    assert option_probabilities(ok, YES_NO) == ({"yes": 1.0, "no": 0.0}, "text") and ok.meta["model"] == "provider-model-2026-01-01"
+    assert (refused.error_kind, filtered.error_kind, empty.error_kind) == ("refusal", "content_filter", "refusal")
+    assert "logprobs" in srv.log[0] and all("logprobs" not in b for b in srv.log[1:]), "after the 400, logprobs are no longer asked for"
+    assert srv.log[1]["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+YES_NO = ("yes", "no")
+
+
+@pytest.mark.slow
+def test_a_judge_reads_text_in_the_ocr_role(compose_cfg, tmp_path):
+    res = evaluate(compose_cfg(["model=oracle", "suite=[text_rendering]", "n=6", "scorer=[vlm_ocr]"]), tmp_path / "out")
+    assert res["suites"]["text_rendering"]["metrics"]["exact_match"]["value"] == 1.0
+    assert res["scorers"]["ocr"]["class"] == "nbeval.scorers.vlm.VLMOCR"
+
+
+def test_an_arena_judges_card_is_its_agreement_with_the_truths_order(tmp_path):
+    from nbeval.scorer_card import measure
+
+    card = measure([f"cache_dir={tmp_path / 'cache'}", "tracking=none", "n=8", "judge=vlm_pairwise",
+                    "card.judge.variants=[{model:oracle_recolour,severity:[1,3]}]"], "judge")
+    assert card["metric"] == "win_rate/oracle" and card["scorer"]["name"] == "vlm_pairwise"
+    low, high = (r["value"] for r in card["rows"])
+    assert 0.5 < low <= high == 1.0 and card["with_damage"]["oracle_recolour"] in ("rises", "flat")

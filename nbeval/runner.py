@@ -125,13 +125,16 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
     """The scorer's reading of each (image sha256, truth) — cached, else computed in batches — and
     how many came from the cache. A batch that fails is retried one item at a time, so a single bad
     image fails alone; an item the scorer could not read (an exception in its place) fails alone and
-    is not cached. A scorer that `needs_input` reads (input, image) pairs: the truth names the input
-    (`input_image`, so it is part of the cache key).
+    is not cached. A truth's `context` (name → sha256 of an earlier image the reading is made against:
+    the image an edit turn was given, the sample's first image, another model's image) is part of the
+    cache key and reaches the scorer as the images themselves.
     """
 
-    def image(i: int):
-        sha, truth = items[i]
-        return (cache.get_image(truth["input_image"]), cache.get_image(sha)) if scorer.needs_input else cache.get_image(sha)
+    def truth_for_scorer(i: int) -> dict:
+        truth = items[i][1]
+        if "context" not in truth:
+            return truth
+        return {**truth, "context": {name: cache.get_image(sha) for name, sha in truth["context"].items()}}
 
     fp = scorer.fingerprint
     keys = [(sha, content_hash(truth) if scorer.uses_truth else "-") for sha, truth in items]
@@ -139,8 +142,8 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
     pending = [i for i, r in enumerate(out) if r is None]
     with tqdm(total=len(items), initial=len(items) - len(pending), desc=f"{desc}: {scorer.name}", unit="img", leave=False) as bar:
         for batch in _chunks(pending, batch_size):
-            images = [image(i) for i in batch]
-            truths = [items[i][1] for i in batch]
+            images = [cache.get_image(items[i][0]) for i in batch]
+            truths = [truth_for_scorer(i) for i in batch]
             try:
                 readings = _checked(scorer, scorer.read(images, truths))
             except Exception:  # noqa: BLE001 — isolate the failing item below
@@ -222,14 +225,17 @@ def score_suite(
     by_id = {s.id: s for s in samples}
     ok = [(by_id[g.sample_id], g) for g in gens if g.image_sha256]
     roles = [suite.scorers_for(s, g.turn) for s, g in ok]
+    own = {(g.sample_id, g.turn): g.image_sha256 for g in gens}
+    context = {"input": lambda g: g.input_sha256, "first": lambda g: own[g.sample_id, 0], "previous": lambda g: own.get((g.sample_id, g.turn - 1))}
     readings: dict[str, dict[int, dict | BaseException]] = {}
     cached_readings = 0
     for role in suite.scorers:
         which = [j for j, r in enumerate(roles) if role in r]
-        scorer = scorer_for(role) if which else None
-        items = [(g.image_sha256, suite.scorer_truth(s, g.turn, role) | ({"input_image": g.input_sha256} if scorer.needs_input else {}))
-                 for s, g in (ok[j] for j in which)]
-        got_role, hits = read(scorer, items, cache, batch_size, suite.name) if items else ([], 0)
+        items = []
+        for s, g in (ok[j] for j in which):
+            names = suite.scorer_context(s, g.turn, role)
+            items.append((g.image_sha256, suite.scorer_truth(s, g.turn, role) | ({"context": {n: context[n](g) for n in names}} if names else {})))
+        got_role, hits = read(scorer_for(role), items, cache, batch_size, suite.name) if items else ([], 0)
         readings[role] = dict(zip(which, got_role))
         cached_readings += hits
     t3 = time.perf_counter()

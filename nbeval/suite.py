@@ -36,7 +36,7 @@ class Suite(ABC):
     name: str = "suite"  # the default; a run names each suite by its config key
     version: str = "1"
     scorers: Mapping[str, type] = {}  # scorer role it reads images with → the reading it expects (nbeval.readings)
-    optional_scorers: frozenset[str] = frozenset()  # roles read only when the run configures a scorer for them
+    optional_scorers: Mapping[str, type] = {}  # roles read too when the run configures a scorer for them (use_scorers)
     capabilities: frozenset[str] = frozenset({"generate"})
     metrics: tuple[MetricSpec, ...] = ()
     headline: tuple[str, ...] = ()  # metrics shown first in summaries
@@ -58,8 +58,8 @@ class Suite(ABC):
         return random.Random(f"{self.name}:{canonical_json(self.params())}:{seed}:{i}")
 
     def use_scorers(self, configured: set[str]) -> None:
-        """Read only with the optional roles the run configures a scorer for."""
-        self.scorers = {r: t for r, t in self.scorers.items() if r in configured or r not in self.optional_scorers}
+        """Read with the optional roles the run configures a scorer for, beside the required ones."""
+        self.scorers = {**self.scorers, **{r: t for r, t in self.optional_scorers.items() if r in configured}}
 
     def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
         """The scorer roles that read this turn's image (all of them unless a suite knows better)."""
@@ -68,6 +68,12 @@ class Suite(ABC):
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
         """What scorer `role` needs to know of the truth (empty for scorers that just read)."""
         return {}
+
+    def scorer_context(self, sample: Sample, turn: int, role: str) -> tuple[str, ...]:
+        """Earlier images scorer `role` reads this turn's image against, by name: "input" (the image
+        this turn edited), "first" (the model's own turn-0 image), "previous" (its own turn t−1
+        image). The runner hands them in the truth's `context`; none by default."""
+        return ()
 
     def edit_input(self, sample: Sample, turn: int, size: int) -> Image.Image | None:
         """What later turns edit in place of the model's own image of `turn`: None keeps the model's

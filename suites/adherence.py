@@ -31,8 +31,8 @@ _TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An i
 class AdherenceSuite(Suite):
     name = "adherence"
     version = "2"
-    scorers = {"clip": ClipReading, "tifa": TifaReading}
-    optional_scorers = frozenset({"tifa"})  # a VLM judge's Soft-TIFA beside CLIP: scorer=[clip,vlm_tifa]
+    scorers = {"clip": ClipReading}
+    optional_scorers = {"tifa": TifaReading}  # a VLM judge's Soft-TIFA beside CLIP: scorer=[clip,vlm_tifa]
     metrics = (
         MetricSpec("r_precision", True, "CLIP-R-precision: the prompt beats every hard negative (headline)", proportion=True),
         MetricSpec("pairwise", True, "the prompt beats the hard negative of one kind: pairwise/<colour|shape|count|relation>", proportion=True),

@@ -76,7 +76,7 @@ class ArenaSuite(ContestSuite):
             raise ValueError(f"the arena's base must score single models; {base!r} is itself a contest")
         if pairs_per_sample is not None and pairs_per_sample < 1:
             raise ValueError(f"pairs_per_sample must be at least 1 (or null for every pair), got {pairs_per_sample}")
-        self.scorers, self.capabilities = self.base.scorers, self.base.capabilities
+        self.scorers, self.optional_scorers, self.capabilities = self.base.scorers, self.base.optional_scorers, self.base.capabilities
         self.judge = judge or SuiteJudge()
         self.pairs_per_sample, self.rounds, self.anchor, self.anchor_rating = pairs_per_sample, rounds, anchor, float(anchor_rating)
 

@@ -20,6 +20,11 @@ similar). Per chain:
 chain, trapezoid rule), `turns_to_failure` (edits that succeed, keeping preservation ≥
 `min_preservation`, before the first that does not). Chain-level means are bootstrapped over chains
 (turns of one chain are not independent); per-turn breakdowns are `<metric>/turn_<t>`.
+
+Against the model's OWN images — what a real model, which never draws the truth's flat renders, is
+judged by: `self_preservation_ssim` (each turn against its own turn 0, same mask as preservation), its
+per-chain slope `self_drift_slope`, and `consistency_ssim` (turn t against its own turn t−1, outside
+this turn's edit region); `_lpips` twins with LPIPS weights.
 """
 
 from __future__ import annotations
@@ -47,7 +52,10 @@ from nbeval.world.prompts import N_PHRASINGS, position_phrase
 
 PROTOCOLS = ("iterative", "ground_truth")
 EDIT_JUDGED = ("edit_sc", "edit_pq", "edit_overall")  # only with an edit judge (scorer=[…,vlm_edit]); edit turns only
-PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips", *EDIT_JUDGED)
+SELF = ("self_preservation_ssim", "self_preservation_lpips", "consistency_ssim", "consistency_lpips")  # against the model's own images
+PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips",
+            *SELF, *EDIT_JUDGED)
+_OWN_METRICS = ("ssim", "lpips")  # what the comparisons with the model's own images report (PSNR adds nothing for drift)
 PIXEL_METRICS = ("ssim", "psnr", "lpips")  # lpips only in readings of a pixels scorer given LPIPS weights
 
 
@@ -86,8 +94,8 @@ def _chain_slope(turns: np.ndarray, values: np.ndarray) -> float:
 class DriftSuite(Suite):
     name = "drift"
     version = "2"
-    scorers = {"pixels": PixelsReading, "counter": CounterReading, "ocr": OCRReading, "edit": EditReading}
-    optional_scorers = frozenset({"edit"})
+    scorers = {"pixels": PixelsReading, "counter": CounterReading, "ocr": OCRReading}
+    optional_scorers = {"edit": EditReading}  # an edit judge beside the instruments: scorer=[pixels,counter,ocr,vlm_edit]
     capabilities = frozenset({"generate", "edit"})
     metrics = (
         MetricSpec("drift_slope", True, "per-chain OLS slope of preservation SSIM over turns (0 = no drift)"),
@@ -103,6 +111,13 @@ class DriftSuite(Suite):
         MetricSpec("preservation_lpips", False, "masked LPIPS vs the true turn-0 image, same mask as preservation_ssim"),
         MetricSpec("fidelity_lpips", False, "masked LPIPS vs the true image of the turn, same mask as fidelity_ssim"),
         MetricSpec("drift_slope_lpips", False, "per-chain OLS slope of preservation LPIPS over turns (0 = no drift)"),
+        # Against the model's own images: meaningful for a model that draws in its own style, which the truth's renders never match.
+        MetricSpec("self_drift_slope", True, "per-chain OLS slope of self_preservation_ssim over turns (0 = no drift)"),
+        MetricSpec("self_preservation_ssim", True, "masked SSIM vs the model's own turn-0 image, outside every region the chain's edits may change"),
+        MetricSpec("consistency_ssim", True, "masked SSIM vs the model's own previous image, outside this turn's edit region"),
+        MetricSpec("self_preservation_lpips", False, "masked LPIPS vs the model's own turn-0 image (with LPIPS weights)"),
+        MetricSpec("consistency_lpips", False, "masked LPIPS vs the model's own previous image (with LPIPS weights)"),
+        MetricSpec("self_drift_slope_lpips", False, "per-chain OLS slope of self_preservation_lpips over turns (with LPIPS weights)"),
         # Only with an edit judge (scorer=[pixels,counter,ocr,vlm_edit]): GEdit-Bench's pair, each 0–1.
         MetricSpec("edit_sc", True, "the judge's semantic consistency of each edit: made, and nothing else changed (0–10, / 10)"),
         MetricSpec("edit_pq", True, "the judge's perceptual quality of each edited image (0–10, / 10)"),
@@ -170,6 +185,11 @@ class DriftSuite(Suite):
         judged = ("edit",) if "edit" in self.scorers else ()
         return ("pixels", "ocr" if sample.truth[turn]["op"] == "change_text" else "counter", *judged)
 
+    def scorer_context(self, sample: Sample, turn: int, role: str) -> tuple[str, ...]:
+        if role == "pixels":
+            return ("first", "previous") if turn else ("first",)
+        return ("input",) if role == "edit" else ()
+
     def scorer_truth(self, sample: Sample, turn: int, role: str) -> dict:
         if role == "edit":
             return {"instruction": sample.turns[turn - 1]}
@@ -179,12 +199,14 @@ class DriftSuite(Suite):
         # curve compares the same pixels at every turn and its slope is drift, not a shrinking mask.
         touched = [b for t in range(1, len(sample.truth)) for b in changed_boxes(self._scene(sample, t - 1), self._scene(sample, t))]
         this_turn = changed_boxes(self._scene(sample, turn - 1), self._scene(sample, turn)) if turn else []
-        return {
-            "comparisons": {
-                "preservation": {"scene": sample.truth[0]["scene"], "exclude": [list(b) for b in touched]},
-                "fidelity": {"scene": sample.truth[turn]["scene"], "exclude": [list(b) for b in this_turn]},
-            }
+        comparisons = {
+            "preservation": {"scene": sample.truth[0]["scene"], "exclude": [list(b) for b in touched]},
+            "fidelity": {"scene": sample.truth[turn]["scene"], "exclude": [list(b) for b in this_turn]},
+            "self_preservation": {"context": "first", "exclude": [list(b) for b in touched]},
         }
+        if turn:
+            comparisons["consistency"] = {"context": "previous", "exclude": [list(b) for b in this_turn]}
+        return {"comparisons": comparisons}
 
     def _edit_success(self, sample: Sample, turn: int, readings: dict[str, dict]) -> tuple[float, dict]:
         op, target = sample.truth[turn]["op"], sample.truth[turn]["target"]
@@ -204,7 +226,8 @@ class DriftSuite(Suite):
         rows = []
         for name, reading in readings["pixels"].items():
             detail = json.dumps({"kept": reading["kept"]})
-            rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in PIXEL_METRICS if reading.get(m) is not None]
+            measures = _OWN_METRICS if name in ("self_preservation", "consistency") else PIXEL_METRICS
+            rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in measures if reading.get(m) is not None]
         if turn:
             value, detail = self._edit_success(sample, turn, readings)
             rows.append(Score(sample.id, turn, "counter" if detail["op"] != "change_text" else "ocr", "edit_success", value, json.dumps(detail)))
@@ -230,6 +253,9 @@ class DriftSuite(Suite):
             for m in ("psnr", "lpips"):
                 if f"preservation_{m}" in g:
                     row[f"drift_slope_{m}"] = _chain_slope(turns, g[f"preservation_{m}"].to_numpy(dtype=float))
+            for name, column in (("self_drift_slope", "self_preservation_ssim"), ("self_drift_slope_lpips", "self_preservation_lpips")):
+                if column in g:
+                    row[name] = _chain_slope(turns, g[column].to_numpy(dtype=float))
             ok = ~np.isnan(pres)
             row["drift_auc"] = float(np.trapezoid(pres[ok], turns[ok]) / (turns[ok][-1] - turns[ok][0])) if ok.sum() >= 2 else float("nan")
             edits = g[g["turn"] >= 1]
@@ -237,7 +263,7 @@ class DriftSuite(Suite):
             row["turns_to_failure"] = float(len(passed) if passed.all() else int(np.argmin(passed.to_numpy())))
             for m in PER_TURN:
                 if m in g:
-                    row[m] = float(g.loc[g["turn"] >= (1 if m == "edit_success" or m in EDIT_JUDGED else 0), m].mean())
+                    row[m] = float(g.loc[g["turn"] >= (1 if m == "edit_success" or m in EDIT_JUDGED or m.startswith("consistency") else 0), m].mean())
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -267,10 +293,10 @@ class DriftSuite(Suite):
     # --- figures ----------------------------------------------------------------------------------
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
         est = metrics
-        panels = [("preservation_ssim", "preservation SSIM vs turn 0"), ("fidelity_ssim", "fidelity SSIM vs true turn"),
-                  ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]
+        panels = [("preservation_ssim", "preservation SSIM vs true turn 0"), ("self_preservation_ssim", "SSIM vs its own turn 0"),
+                  ("fidelity_ssim", "fidelity SSIM vs true turn"), ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]
         if any(k.startswith("preservation_lpips/turn_") for k in est):  # only when the user gave LPIPS weights
-            panels.insert(3, ("preservation_lpips", "preservation LPIPS (lower = kept)"))
+            panels.insert(4, ("preservation_lpips", "preservation LPIPS (lower = kept)"))
         fig, axes = plt.subplots(1, len(panels), figsize=(3.75 * len(panels), 3.4))
         for ax, (m, title) in zip(axes, panels):
             points = sorted((int(k.split("/turn_")[1]), v) for k, v in est.items() if k.startswith(f"{m}/turn_"))

@@ -129,7 +129,7 @@ def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
         assert not [m for m in metrics if "lpips" in m], "LPIPS is off unless weights are given"
         assert (tmp_path / "out" / name / "plots" / f"{name}_worst_chains.png").exists()
         with Image.open(tmp_path / "out" / name / "plots" / f"{name}_per_turn.png") as fig:
-            assert fig.width == pytest.approx(4 * 375, abs=10), "four panels; LPIPS's only with its weights"
+            assert fig.width == pytest.approx(5 * 375, abs=10), "five panels; LPIPS's only with its weights"
 
 
 def test_a_suite_is_named_by_its_config_key_whatever_its_protocol(tmp_path):
@@ -149,3 +149,16 @@ def test_a_suite_is_named_by_its_config_key_whatever_its_protocol(tmp_path):
     assert res["suites"]["drift"]["metrics"]["edit_success"]["value"] == 1.0
     run = MlflowClient(db).get_run(res["mlflow_run_id"])
     assert run.data.metrics["drift/edit_success"] == 1.0 and run.data.tags["nbeval.suites"] == "drift"
+
+
+def test_drift_against_the_models_own_images(compose_cfg, tmp_path):
+    """The oracle keeps its own turn 0 exactly (1.0, slope 0); blur that grows every turn drifts from
+    its own images as from the truth's, with a slope whose CI excludes zero."""
+    from conftest import evaluate
+
+    base = ["suite=[drift]", "n=8", "suite.drift.turns=3"]
+    clean = evaluate(compose_cfg([*base, "model=oracle"]), tmp_path / "clean")["suites"]["drift"]["metrics"]
+    assert clean["self_preservation_ssim"]["value"] == pytest.approx(1.0, abs=1e-4) and clean["consistency_ssim"]["value"] == pytest.approx(1.0, abs=1e-4)
+    assert clean["self_drift_slope"]["value"] == pytest.approx(0.0, abs=1e-4) and "consistency_ssim/turn_0" not in clean
+    blurred = evaluate(compose_cfg([*base, "model=oracle_drift", "model.severity=3"]), tmp_path / "blurred")["suites"]["drift"]["metrics"]
+    assert blurred["self_drift_slope"]["ci_high"] < 0 and blurred["consistency_ssim"]["value"] < 1.0

@@ -114,7 +114,8 @@ def test_drift_run_reports_lpips_preservation_and_it_worsens_under_per_turn_blur
     assert c["preservation_lpips"]["value"] == pytest.approx(0.0, abs=1e-6) and c["preservation_lpips"]["higher_is_better"] is False
     assert b["preservation_lpips"]["value"] > 1e-4 and b["preservation_lpips/turn_2"]["value"] > b["preservation_lpips/turn_1"]["value"]
     assert b["drift_slope_lpips"]["value"] > 0 and "fidelity_lpips" in b
+    assert b["self_drift_slope_lpips"]["value"] > 0 and "consistency_lpips" in b and c["self_preservation_lpips"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert clean["scorers"]["pixels"]["lpips"]["backbone_sha256"] == sha256_file(alex_weights)
-    # The per-turn figure gains an LPIPS panel (3.75 in each at 100 dpi): 5 panels here, 4 without LPIPS.
+    # The per-turn figure gains an LPIPS panel (3.75 in each at 100 dpi): 6 panels here, 5 without LPIPS.
     with Image.open(tmp_path / "blurred" / "drift" / "plots" / "drift_per_turn.png") as fig:
-        assert fig.width == pytest.approx(5 * 375, abs=10)
+        assert fig.width == pytest.approx(6 * 375, abs=10)

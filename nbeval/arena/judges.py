@@ -187,7 +187,7 @@ class VLMPairwiseJudge(Judge):
 
     def judge(self, battles: list[Battle], ctx: JudgeContext) -> list[str]:
         pairs = [(b, {"prompt": b.sample.prompt}) for b in battles if b.a.image and b.b.image]
-        items = [(second.image, {**t, "input_image": first.image}) for b, t in pairs for first, second in ((b.a, b.b), (b.b, b.a))]
+        items = [(second.image, {**t, "context": {"first": first.image}}) for b, t in pairs for first, second in ((b.a, b.b), (b.b, b.a))]
         readings, _ = read(self.scorer, items, ctx.cache, ctx.batch_size, "arena judge") if items else ([], 0)
         choices = [r["choice"] if not isinstance(r, BaseException) else None for r in readings]
         verdict: dict[str, str] = {}

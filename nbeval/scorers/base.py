@@ -27,7 +27,6 @@ class Scorer(ABC):
     name: str = "scorer"
     reading: type = dict  # what one reading is (nbeval.readings); a suite's role expects a given one
     uses_truth: bool = False
-    needs_input: bool = False  # reads (the image an edit turn was given, its output) pairs, e.g. an edit judge
 
     def settings(self) -> dict:
         """Everything that changes readings (weights checksums, preprocessing); part of the fingerprint."""
@@ -44,5 +43,6 @@ class Scorer(ABC):
 
     @abstractmethod
     def read(self, images: list[Image.Image], truths: list[dict]) -> list[dict]:
-        """One reading per image (a pair with `needs_input`), in order; an item that cannot be read
-        may be an exception in its place (a judge's refusal). Raise only for a whole-batch failure."""
+        """One reading per image, in order; an item that cannot be read may be an exception in its
+        place (a judge's refusal). Raise only for a whole-batch failure. Earlier images a reading is
+        made against come in its truth's `context` (name → image; see runner.read)."""

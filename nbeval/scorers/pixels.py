@@ -146,13 +146,19 @@ class MaskedSimilarity(Scorer):
         return out
 
     def read(self, images: list[Image.Image], truths: list[dict]) -> list[PixelsReading]:
+        """Each comparison of the truth against its reference: the render of a `scene`, or an image of
+        the truth's context (`context`: "first", "previous", … — the model's own earlier images)."""
         out = []
         for img, truth in zip(images, truths):
             comparisons = truth.get("comparisons")
             if not comparisons:
-                raise ValueError("the pixels scorer needs truth['comparisons']: {name: {scene, exclude}}")
-            out.append({
-                name: self.compare(img, render(Scene.from_dict(c["scene"]), img.width), c.get("exclude", []))
-                for name, c in comparisons.items()
-            })
+                raise ValueError("the pixels scorer needs truth['comparisons']: {name: {scene or context, exclude}}")
+            out.append({name: self.compare(img, self._reference(c, truth, img.width), c.get("exclude", [])) for name, c in comparisons.items()})
         return out
+
+    @staticmethod
+    def _reference(comparison: dict, truth: dict, side: int) -> Image.Image:
+        if "context" in comparison:
+            ref = truth["context"][comparison["context"]].convert("RGB")
+            return ref if ref.size == (side, side) else ref.resize((side, side), Image.Resampling.BICUBIC)
+        return render(Scene.from_dict(comparison["scene"]), side)

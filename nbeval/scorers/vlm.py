@@ -149,13 +149,13 @@ class VLMTifa(JudgeScorer):
 
 
 class VLMEdit(JudgeScorer):
-    """Reads (the image the model edited, its edit) pairs; truth: this turn's `instruction`."""
+    """Truth: this turn's `instruction`, and in its context the `input` image the turn edited."""
 
     name = "vlm_edit"
     reading = EditReading
-    needs_input = True
 
-    def questions(self, pair: tuple[Image.Image, Image.Image], truth: dict) -> list[Question]:
+    def questions(self, image: Image.Image, truth: dict) -> list[Question]:
+        pair = (truth["context"]["input"], image)
         return [q.EDIT_SC.ask(pair, instruction=truth["instruction"]), q.EDIT_PQ.ask(pair)]
 
     def reading_of(self, questions: list[Question], answers: list[Answer], truth: dict) -> EditReading:
@@ -164,15 +164,15 @@ class VLMEdit(JudgeScorer):
 
 
 class VLMPairwise(JudgeScorer):
-    """Which of two images (the input, then the image) matches the truth's `prompt` better — one
-    order of GenArena's pairwise question; the arena's `vlm_pairwise` judge asks both orders."""
+    """Which of two images — the truth's context `first`, then the image — matches the truth's
+    `prompt` better: one order of GenArena's pairwise question; the arena's `vlm_pairwise` judge asks
+    both orders."""
 
     name = "vlm_pairwise"
     reading = PairwiseReading
-    needs_input = True
 
-    def questions(self, pair: tuple[Image.Image, Image.Image], truth: dict) -> list[Question]:
-        return [q.PAIRWISE.ask(pair, prompt=truth["prompt"])]
+    def questions(self, image: Image.Image, truth: dict) -> list[Question]:
+        return [q.PAIRWISE.ask((truth["context"]["first"], image), prompt=truth["prompt"])]
 
     def reading_of(self, questions: list[Question], answers: list[Answer], truth: dict) -> PairwiseReading:
         (choice, record), = (choose(x, a) for x, a in zip(questions, answers))

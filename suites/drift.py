@@ -50,7 +50,7 @@ from nbeval.world.edits import changed_boxes, possible_ops
 from nbeval.world.layout import word_box
 from nbeval.world.prompts import N_PHRASINGS, position_phrase
 
-PROTOCOLS = ("iterative", "ground_truth")
+PROTOCOLS = ("iterative", "ground_truth", "combined")
 EDIT_JUDGED = ("edit_sc", "edit_pq", "edit_overall")  # only with an edit judge (scorer=[…,vlm_edit]); edit turns only
 SELF = ("self_preservation_ssim", "self_preservation_lpips", "consistency_ssim", "consistency_lpips")  # against the model's own images
 PER_TURN = ("edit_success", "preservation_ssim", "preservation_psnr", "preservation_lpips", "fidelity_ssim", "fidelity_psnr", "fidelity_lpips",
@@ -157,7 +157,13 @@ class DriftSuite(Suite):
         for i in range(n):
             rng = random.Random(f"drift:{chain_params}:{seed}:{i}")
             start, edits = self._chain(rng)
-            truth = ({"scene": start.to_dict()},) + tuple({"scene": e.after.to_dict(), "op": e.op, "target": e.target} for e in edits)
+            if self.protocol == "combined":  # EdiVal's comparison: the whole chain asked at once
+                truth = ({"scene": start.to_dict()}, {"scene": edits[-1].after.to_dict(), "op": "combined",
+                                                      "steps": [{"op": e.op, "target": e.target, "before": e.before.to_dict()} for e in edits]})
+                turns = (" ".join(e.instruction for e in edits),)
+            else:
+                truth = ({"scene": start.to_dict()},) + tuple({"scene": e.after.to_dict(), "op": e.op, "target": e.target} for e in edits)
+                turns = tuple(e.instruction for e in edits)
             out.append(
                 Sample(
                     id=f"{self.name}-{seed}-{i:05d}",
@@ -165,25 +171,38 @@ class DriftSuite(Suite):
                     prompt=scene_prompt(start, phrasing=rng.randrange(N_PHRASINGS)),
                     truth=truth,
                     seed=seed * 1_000_003 + i,
-                    turns=tuple(e.instruction for e in edits),
+                    turns=turns,
                     tags={"protocol": self.protocol, "ops": "+".join(e.op for e in edits)},
                 )
             )
         return out
 
     def edit_input(self, sample: Sample, turn: int, size: int) -> Image.Image | None:
-        return render(self._scene(sample, turn), size) if self.protocol == "ground_truth" else None
+        return render(self._scene(sample, turn), size) if self.protocol == "ground_truth" else None  # combined: its own turn 0, as iterative
 
     # --- scoring ----------------------------------------------------------------------------------
     @staticmethod
     def _scene(sample: Sample, turn: int) -> Scene:
         return Scene.from_dict(sample.truth[turn]["scene"])
 
+    def _steps(self, sample: Sample, turn: int) -> list[tuple[str, str, Scene, Scene]]:
+        """The world's edits a turn asks for, as (op, target, before, after): one per turn, or the
+        whole chain in the combined protocol's single turn."""
+        t = sample.truth[turn]
+        if "steps" not in t:
+            return [(t["op"], t["target"], self._scene(sample, turn - 1), self._scene(sample, turn))]
+        befores = [Scene.from_dict(s["before"]) for s in t["steps"]]
+        return [(s["op"], s["target"], b, a) for s, b, a in zip(t["steps"], befores, [*befores[1:], self._scene(sample, turn)])]
+
+    def _changed(self, sample: Sample, turn: int) -> list:
+        return [b for _, _, before, after in self._steps(sample, turn) for b in changed_boxes(before, after)]
+
     def scorers_for(self, sample: Sample, turn: int) -> tuple[str, ...]:
         if turn == 0:
             return ("pixels",)
-        judged = ("edit",) if "edit" in self.scorers else ()
-        return ("pixels", "ocr" if sample.truth[turn]["op"] == "change_text" else "counter", *judged)
+        ops = {op for op, *_ in self._steps(sample, turn)}
+        readers = (("ocr",) if "change_text" in ops else ()) + (("counter",) if ops - {"change_text"} else ())
+        return ("pixels", *readers, *(("edit",) if "edit" in self.scorers else ()))
 
     def scorer_context(self, sample: Sample, turn: int, role: str) -> tuple[str, ...]:
         if role == "pixels":
@@ -197,8 +216,8 @@ class DriftSuite(Suite):
             return {}
         # One mask for every turn of a chain (everything any of its edits may change), so the preservation
         # curve compares the same pixels at every turn and its slope is drift, not a shrinking mask.
-        touched = [b for t in range(1, len(sample.truth)) for b in changed_boxes(self._scene(sample, t - 1), self._scene(sample, t))]
-        this_turn = changed_boxes(self._scene(sample, turn - 1), self._scene(sample, turn)) if turn else []
+        touched = [b for t in range(1, len(sample.truth)) for b in self._changed(sample, t)]
+        this_turn = self._changed(sample, turn) if turn else []
         comparisons = {
             "preservation": {"scene": sample.truth[0]["scene"], "exclude": [list(b) for b in touched]},
             "fidelity": {"scene": sample.truth[turn]["scene"], "exclude": [list(b) for b in this_turn]},
@@ -209,18 +228,24 @@ class DriftSuite(Suite):
         return {"comparisons": comparisons}
 
     def _edit_success(self, sample: Sample, turn: int, readings: dict[str, dict]) -> tuple[float, dict]:
-        op, target = sample.truth[turn]["op"], sample.truth[turn]["target"]
+        """Every change the turn asks for is there: the census of each edited colour+kind, overall and
+        in each named region an edit touched, equals the turn's truth; each changed word reads as the
+        new text and no longer as the old one."""
         before, after = self._scene(sample, turn - 1), self._scene(sample, turn)
-        if op == "change_text":
-            i = int(target.split(":")[1])
-            ok = shows_text(readings["ocr"]["text"], after.words[i].text, before.words[i].text)
-            return float(ok), {"op": op, "read": readings["ocr"]["text"], "want": after.words[i].text, "not": before.words[i].text}
-        found, want = located_objects(readings["counter"]), located_shapes(after)
-        checks = [
-            {"colour": c, "kind": k, "region": r or "anywhere", "want": census(want, c, k, r), "found": census(found, c, k, r)}
-            for c, k, r in _checks(op, target, before, after)
-        ]
-        return float(all(ch["want"] == ch["found"] for ch in checks)), {"op": op, "checks": checks}
+        steps = self._steps(sample, turn)
+        detail: dict = {"op": sample.truth[turn]["op"]}
+        words = sorted({int(target.split(":")[1]) for op, target, *_ in steps if op == "change_text"})
+        texts = [(after.words[i].text, before.words[i].text) for i in words if after.words[i].text != before.words[i].text]
+        if texts:
+            read = readings["ocr"]["text"]
+            detail |= {"read": read, "want": [w for w, _ in texts], "not": [o for _, o in texts]}
+        triples = dict.fromkeys(c for op, target, b, a in steps if op != "change_text" for c in _checks(op, target, b, a))
+        if triples:
+            found, want = located_objects(readings["counter"]), located_shapes(after)
+            detail["checks"] = [{"colour": c, "kind": k, "region": r or "anywhere", "want": census(want, c, k, r), "found": census(found, c, k, r)}
+                                for c, k, r in triples]
+        ok = all(shows_text(detail["read"], w, o) for w, o in texts) and all(ch["want"] == ch["found"] for ch in detail.get("checks", []))
+        return float(ok), detail
 
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
         rows = []
@@ -230,7 +255,7 @@ class DriftSuite(Suite):
             rows += [Score(sample.id, turn, "pixels", f"{name}_{m}", reading[m], detail) for m in measures if reading.get(m) is not None]
         if turn:
             value, detail = self._edit_success(sample, turn, readings)
-            rows.append(Score(sample.id, turn, "counter" if detail["op"] != "change_text" else "ocr", "edit_success", value, json.dumps(detail)))
+            rows.append(Score(sample.id, turn, "counter" if "checks" in detail else "ocr", "edit_success", value, json.dumps(detail)))
         if "edit" in readings:
             r = readings["edit"]
             detail = json.dumps({"judge": r["judge"]})

@@ -162,3 +162,18 @@ def test_drift_against_the_models_own_images(compose_cfg, tmp_path):
     assert clean["self_drift_slope"]["value"] == pytest.approx(0.0, abs=1e-4) and "consistency_ssim/turn_0" not in clean
     blurred = evaluate(compose_cfg([*base, "model=oracle_drift", "model.severity=3"]), tmp_path / "blurred")["suites"]["drift"]["metrics"]
     assert blurred["self_drift_slope"]["ci_high"] < 0 and blurred["consistency_ssim"]["value"] < 1.0
+
+
+def test_the_combined_protocol_asks_the_whole_chain_at_once(compose_cfg, tmp_path, scorers, cache):
+    """EdiVal's comparison: the chain's instructions as one turn; the oracle makes every change,
+    a model that ignores instructions none."""
+    combined = DriftSuite(turns=3, protocol="combined")
+    (sample,) = combined.samples(1, 0)
+    (chain,) = DriftSuite(turns=3).samples(1, 0)
+    assert sample.turns == (" ".join(chain.turns),) and sample.truth[-1]["scene"] == chain.truth[-1]["scene"]
+    assert [s["op"] for s in sample.truth[1]["steps"]] == chain.tags["ops"].split("+")
+    right = _run(combined, OracleAdapter(), scorers, cache, n=6)
+    assert right.metrics["edit_success"].value == 1.0 and right.metrics["fidelity_ssim"].value == pytest.approx(1.0, abs=1e-4)
+    wrong = _run(combined, IgnoresInstructions(), scorers, cache, n=6)
+    assert wrong.metrics["edit_success"].value == 0.0
+    assert "drift_combined" in compose_cfg(["suite=[drift_combined]"]).suite and compose_cfg(["suite=[drift_combined]"]).suite.drift_combined.protocol == "combined"

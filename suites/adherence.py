@@ -28,6 +28,14 @@ CLAIM_TYPES = ("single", "pair", "relation")
 _TEMPLATES = ("A picture of {}.", "{} on a white background.", "Draw {}.", "An image showing {}.")
 
 
+def soft_tifa(atoms: list[dict]) -> dict[str, float]:
+    """GenEval 2's Soft-TIFA of one prompt from its judged atoms: the arithmetic and the geometric mean
+    of the judge's probabilities of the right answers, and the share answered right."""
+    p = np.array([a["p_correct"] for a in atoms])
+    return {"soft_tifa_am": float(p.mean()), "soft_tifa_gm": float(np.prod(p) ** (1 / len(p))),
+            "tifa_atom_accuracy": float(np.mean([max(a["probabilities"], key=a["probabilities"].get) == a["expected"] for a in atoms]))}
+
+
 class AdherenceSuite(Suite):
     name = "adherence"
     version = "2"
@@ -92,10 +100,7 @@ class AdherenceSuite(Suite):
         rows = [Score(sample.id, turn, "clip", m, v, detail) for m, v in values.items()]
         if "tifa" in readings:
             atoms = readings["tifa"]["atoms"]
-            p = np.array([a["p_correct"] for a in atoms])
-            judged = {"soft_tifa_am": float(p.mean()), "soft_tifa_gm": float(np.prod(p) ** (1 / len(p))),
-                      "tifa_atom_accuracy": float(np.mean([max(a["probabilities"], key=a["probabilities"].get) == a["expected"] for a in atoms]))}
-            rows += [Score(sample.id, turn, "tifa", m, v, json.dumps({"atoms": atoms})) for m, v in judged.items()]
+            rows += [Score(sample.id, turn, "tifa", m, v, json.dumps({"atoms": atoms})) for m, v in soft_tifa(atoms).items()]
         return rows
 
     def aggregate(self, scores: pd.DataFrame, samples: pd.DataFrame) -> dict[str, Estimate]:

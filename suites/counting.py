@@ -27,6 +27,42 @@ from nbeval.world.prompts import N_PHRASINGS
 OFF_BY_RANGE = range(-3, 4)
 
 
+def _key(group: dict) -> str:
+    """A group's key in a counter reading's counts: "<colour> <kind>", or "<kind>" when no colour is asked."""
+    return f"{group['colour']} {group['kind']}" if group.get("colour") else group["kind"]
+
+
+def count_values(reading: dict, groups: list[dict]) -> tuple[dict[str, float], dict]:
+    """The counting metrics of one image from a counter reading and the requested groups ({colour or
+    None, kind, count}), and what they were computed from: the definitions every suite that counts uses."""
+    found: dict[str, int] = reading["counts"]
+
+    def count(g: dict) -> int:
+        if g.get("colour") or g["kind"] in found:
+            return found.get(_key(g), 0)
+        return sum(v for k, v in found.items() if k.split()[-1] == g["kind"])  # no colour asked: every colour counts
+
+    errors = [count(g) - g["count"] for g in groups]
+    kinds = {g["kind"] for g in groups if not g.get("colour")}
+    requested = {_key(g) for g in groups}
+    extra = sum(v for k, v in found.items() if k not in requested and k.split()[-1] not in kinds)
+    by_kind: dict[str, int] = {}
+    for key, v in found.items():
+        by_kind[key.split()[-1]] = by_kind.get(key.split()[-1], 0) + v
+    want_kind: dict[str, int] = {}
+    for g in groups:
+        want_kind[g["kind"]] = want_kind.get(g["kind"], 0) + g["count"]
+    values = {
+        "exact_accuracy": float(all(e == 0 for e in errors) and extra == 0),
+        "geneval_pass": float(all(by_kind.get(k, 0) == v for k, v in want_kind.items())),
+        "mae": float(np.mean(np.abs(errors))),
+        "bias": float(np.mean(errors)),
+    }
+    detail = {"found": found, "requested": {_key(g): g["count"] for g in groups}, "errors": errors, "extra": extra,
+              **({"judge": reading["judge"]} if "judge" in reading else {})}
+    return values, detail
+
+
 class CountingSuite(Suite):
     name = "counting"
     version = "1"
@@ -80,26 +116,8 @@ class CountingSuite(Suite):
         return {"groups": [{"colour": g["colour"], "kind": g["kind"]} for g in sample.truth[turn]["groups"]]}
 
     def score(self, sample: Sample, turn: int, readings: dict[str, dict]) -> list[Score]:
-        found: dict[str, int] = readings["counter"]["counts"]
-        groups = sample.truth[turn]["groups"]
-        errors = [found.get(f"{g['colour']} {g['kind']}", 0) - g["count"] for g in groups]
-        requested = {f"{g['colour']} {g['kind']}" for g in groups}
-        extra = sum(v for k, v in found.items() if k not in requested)
-        by_kind: dict[str, int] = {}
-        for key, v in found.items():
-            by_kind[key.split()[1]] = by_kind.get(key.split()[1], 0) + v
-        want_kind: dict[str, int] = {}
-        for g in groups:
-            want_kind[g["kind"]] = want_kind.get(g["kind"], 0) + g["count"]
-        values = {
-            "exact_accuracy": float(all(e == 0 for e in errors) and extra == 0),
-            "geneval_pass": float(all(by_kind.get(k, 0) == v for k, v in want_kind.items())),
-            "mae": float(np.mean(np.abs(errors))),
-            "bias": float(np.mean(errors)),
-        }
-        detail = json.dumps({"found": found, "requested": {f"{g['colour']} {g['kind']}": g["count"] for g in groups}, "errors": errors, "extra": extra,
-                             **({"judge": readings["counter"]["judge"]} if "judge" in readings["counter"] else {})})
-        return [Score(sample.id, turn, "counter", m, v, detail) for m, v in values.items()]
+        values, detail = count_values(readings["counter"], sample.truth[turn]["groups"])
+        return [Score(sample.id, turn, "counter", m, v, json.dumps(detail)) for m, v in values.items()]
 
     @staticmethod
     def _group_errors(scores: pd.DataFrame) -> np.ndarray:

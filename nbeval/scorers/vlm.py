@@ -129,13 +129,16 @@ def atoms(claim: Claim) -> list[tuple[str, tuple]]:
 
 
 class VLMTifa(JudgeScorer):
-    """Truth: the sample's world claim (`claim`), as the adherence suite gives it."""
+    """Truth: the sample's world claim (`claim`), as the adherence suite gives it, or the yes/no
+    questions themselves (`atoms`), as a team's prompts file gives them."""
 
     name = "vlm_tifa"
     reading = TifaReading
     _ASK = {"exists": q.exists_question, "exact": q.exact_question, "relation": q.relation_question}
 
     def questions(self, image: Image.Image, truth: dict) -> list[Question]:
+        if "atoms" in truth:
+            return [q.yes_no_question(image, atom) for atom in truth["atoms"]]
         return [self._ASK[kind](image, *args) for kind, args in atoms(Claim.from_dict(truth["claim"]))]
 
     def reading_of(self, questions: list[Question], answers: list[Answer], truth: dict) -> TifaReading:

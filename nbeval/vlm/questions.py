@@ -105,6 +105,13 @@ def relation_question(image: Image.Image, a: tuple[str, str], relation: str, b: 
     return RELATION.ask([image], colour=a[0], kind=a[1], relation=relation, colour2=b[0], kind2=b[1])
 
 
+def yes_no_question(image: Image.Image, text: str) -> Question:
+    """A question of one's own that a right image answers "yes" (a prompts file's atom), asked as the
+    templates ask theirs."""
+    text = text.strip()
+    return Question((image,), text if text.endswith("Answer yes or no.") else f"{text} Answer yes or no.", YES_NO)
+
+
 def which(text: str) -> tuple[Template, dict[str, str]] | None:
     """The template a question's text was made from, and its fields."""
     for t in TEMPLATES:

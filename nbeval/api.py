@@ -131,9 +131,9 @@ class Scorers:
         return self.built[role]
 
     def check(self, suites: Mapping[str, Suite]) -> None:
-        """Before any work: every role a suite reads with is configured (an optional role without a
-        scorer is dropped from the suite's), and its scorer gives the reading that suite expects
-        (nbeval.readings) — a detector counter must give CounterReading."""
+        """Before any work: a suite's optional roles that the run configures join its required ones
+        (`Suite.use_scorers`), every role it reads with is configured, and its scorer gives the
+        reading that suite expects (nbeval.readings) — a detector counter must give CounterReading."""
         from hydra.utils import get_class
 
         for name, suite in suites.items():

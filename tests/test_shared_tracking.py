@@ -98,7 +98,7 @@ def test_multirun_on_a_shared_server_and_sync_after_it_was_down(mlflow_server, t
         _check_job(client, job, Path(job.data.tags["nbeval.run_folder"]))
     assert not list(up.rglob(PENDING_FILE))
     # the backend store is PostgreSQL, the artifacts are files in the shared folder
-    with psycopg.connect(server.cmd[server.cmd.index("--backend-store-uri") + 1].replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(server.backend_uri.replace("postgresql+psycopg://", "postgresql://")) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 5  # parent, 2 jobs, 2 suite runs
     assert len(list((tmp_path / "mlartifacts").rglob("scores.parquet"))) == 2
 

@@ -140,7 +140,7 @@ class MLflowServer(ServerProcess):
         super().__init__([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
                           "--serve-artifacts", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"],
                          workdir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        self.url = self.base_url
+        self.url, self.backend_uri = self.base_url, backend_uri
 
 
 def postgres_program(name: str) -> str | None:

@@ -45,6 +45,7 @@ class CounterReading(TypedDict):
     counts: dict[str, int]  # "<colour> <kind>" → how many
     objects: list[CountedObject]  # empty from a judge, which counts without boxes
     judge: NotRequired[list[JudgedQuestion]]
+    relations: NotRequired[list[dict]]  # from a judge asked them: each {a, relation, b} of the truth (a, b: {colour or None, kind}) and "holds"
 
 
 class Similarity(TypedDict):

@@ -29,8 +29,8 @@ class OracleAdapter(ModelAdapter):
         return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint(), "render_size": self.render_size}
 
     def _draw(self, truth: dict, size: int, key: str, turn: int = 0) -> Image.Image:
-        if "scene" not in truth:
-            raise ValueError("the oracle needs a scene in the sample's truth")
+        if "scene" not in truth:  # a suite that cannot make one says why in `no_scene`
+            raise ValueError(truth.get("no_scene", "the oracle needs a scene in the sample's truth"))
         rng = random.Random(f"{key}:{self.corruption}:{self.severity}")
         scene = Scene.from_dict(truth["scene"])
         if self.corruption in corruptions.SCENE_CORRUPTIONS:

@@ -2,7 +2,7 @@
 suite's instrument, so suites run unchanged on them:
 
 - `scorer=[vlm_count]` (role `counter`): one count question per requested group, one for anything
-  else present → CounterReading (counts only, no boxes);
+  else present, one yes/no question per requested relation → CounterReading (counts only, no boxes);
 - `scorer=[vlm_ocr]` (role `ocr`): a transcription → OCRReading;
 - `scorer=[vlm_tifa]` (role `tifa`, read by `adherence`): Soft-TIFA — one yes/no question per atom of
   the world's claim (each group exists, its exact count, the relation), each scored by the judge's
@@ -82,21 +82,30 @@ class JudgeScorer(Scorer):
 
 
 class VLMCounter(JudgeScorer):
-    """Truth: the requested groups (`groups`: colour, kind), as the counting suite gives them."""
+    """Truth: the requested groups (`groups`: colour, or None for any colour, and kind), as the
+    counting suite gives them, and optionally `relations` between them (`{a, relation, b}`, a and b
+    groups, relation one of the world's), as GenEval's positions need: a judge draws no boxes, so it
+    is asked each relation, and its answers join the reading (`relations`, each with `holds`)."""
 
     name = "vlm_count"
     reading = CounterReading
 
     def questions(self, image: Image.Image, truth: dict) -> list[Question]:
         groups = [(g["colour"], g["kind"]) for g in truth["groups"]]
-        return [q.count_question(image, c, k) for c, k in groups] + [q.other_question(image, groups)]
+        relations = [q.relation_question(image, (r["a"]["colour"], r["a"]["kind"]), r["relation"], (r["b"]["colour"], r["b"]["kind"]))
+                     for r in truth.get("relations", [])]
+        return [q.count_question(image, c, k) for c, k in groups] + [q.other_question(image, groups)] + relations
 
     def reading_of(self, questions: list[Question], answers: list[Answer], truth: dict) -> CounterReading:
         chosen = [choose(x, a) for x, a in zip(questions, answers)]
-        counts = {f"{g['colour']} {g['kind']}": int(n) for g, (n, _) in zip(truth["groups"], chosen) if int(n)}
-        if chosen[-1][0] == "yes":
+        groups = truth["groups"]
+        counts = {q.named(g["colour"], g["kind"]): int(n) for g, (n, _) in zip(groups, chosen) if int(n)}
+        if chosen[len(groups)][0] == "yes":
             counts[OTHER_KEY] = 1
-        return {"counts": dict(sorted(counts.items())), "objects": [], "judge": [r for _, r in chosen]}
+        reading: CounterReading = {"counts": dict(sorted(counts.items())), "objects": [], "judge": [r for _, r in chosen]}
+        if "relations" in truth:
+            reading["relations"] = [{**r, "holds": answer == "yes"} for r, (answer, _) in zip(truth["relations"], chosen[len(groups) + 1 :])]
+        return reading
 
 
 class VLMOCR(JudgeScorer):

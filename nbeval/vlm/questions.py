@@ -42,6 +42,8 @@ class Template:
 _W = r"[a-z]+"
 COUNT = Template("count", "How many {colour} {kinds} are there in the image? Answer with a number from 0 to 10.", SCALE,
                  rf"How many (?P<colour>{_W}) (?P<kinds>{_W}) are there in the image\? Answer with a number from 0 to 10\.")
+COUNT_ANY = Template("count_any", "How many {kinds} are there in the image? Answer with a number from 0 to 10.", SCALE,
+                     rf"How many (?P<kinds>{_W}) are there in the image\? Answer with a number from 0 to 10\.")
 OTHER = Template("other", "Is there any shape in the image other than {things}? Answer yes or no.", YES_NO,
                  r"Is there any shape in the image other than (?P<things>.+)\? Answer yes or no\.")
 TEXT = Template("text", f"What text is written in the image? Answer with the text only, or {NO_TEXT} if there is none.", (),
@@ -50,9 +52,9 @@ EXACT = Template("exact", "Are there exactly {number} {colour} {kinds} in the im
                  rf"Are there exactly (?P<number>{_W}) (?P<colour>{_W}) (?P<kinds>{_W}) in the image\? Answer yes or no\.")
 EXISTS = Template("exists", "Is there {article} {colour} {kind} in the image? Answer yes or no.", YES_NO,
                   rf"Is there (?:a|an) (?P<colour>{_W}) (?P<kind>{_W}) in the image\? Answer yes or no\.")
-RELATION = Template("relation", "Is the {colour} {kind} {relation} the {colour2} {kind2}? Answer yes or no.", YES_NO,
-                    rf"Is the (?P<colour>{_W}) (?P<kind>{_W}) (?P<relation>to the left of|to the right of|above|below) "
-                    rf"the (?P<colour2>{_W}) (?P<kind2>{_W})\? Answer yes or no\.")
+RELATION = Template("relation", "Is the {a} {relation} the {b}? Answer yes or no.", YES_NO,  # a, b: "[colour ]kind"
+                    rf"Is the (?:(?P<colour>{_W}) )?(?P<kind>{_W}) (?P<relation>to the left of|to the right of|above|below) "
+                    rf"the (?:(?P<colour2>{_W}) )?(?P<kind2>{_W})\? Answer yes or no\.")
 EDIT_SC = Template("edit_sc", 'The second image should be the first one after this edit: "{instruction}" How well does the second image '
                    "make exactly that edit and change nothing else? Rate it from 0 (not at all) to 10 (perfectly). Answer with a number.", SCALE,
                    r'The second image should be the first one after this edit: "(?P<instruction>.+)" How well does the second image '
@@ -64,24 +66,33 @@ EDIT_PQ = Template("edit_pq", "How clean is the second image: free of blur, nois
 PAIRWISE = Template("pairwise", 'Which image matches the description "{prompt}" better: the first or the second? Answer first, second or tie.',
                     ("first", "second", "tie"),
                     r'Which image matches the description "(?P<prompt>.+)" better: the first or the second\? Answer first, second or tie\.')
-TEMPLATES: tuple[Template, ...] = (COUNT, OTHER, TEXT, EXACT, EXISTS, RELATION, EDIT_SC, EDIT_PQ, PAIRWISE)
+TEMPLATES: tuple[Template, ...] = (COUNT, COUNT_ANY, OTHER, TEXT, EXACT, EXISTS, RELATION, EDIT_SC, EDIT_PQ, PAIRWISE)
 
 
 def singular(kinds: str) -> str:
     return kinds[:-1] if kinds.endswith("s") else kinds
 
 
-def things(groups: list[tuple[str, str]]) -> str:
-    """'red circles and blue squares': the (colour, kind) groups a question names."""
-    names = [f"{colour} {plural(kind, 2)}" for colour, kind in groups]
+def named(colour: str | None, kind: str) -> str:
+    """'red circle', or 'circle' when any colour will do."""
+    return f"{colour} {kind}" if colour else kind
+
+
+def things(groups: list[tuple[str | None, str]]) -> str:
+    """'red circles and blue squares': the (colour or None, kind) groups a question names."""
+    names = [named(colour, plural(kind, 2)) for colour, kind in groups]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def parse_things(text: str) -> list[tuple[str, str]]:
-    return [(p.split()[0], singular(p.split()[1])) for p in re.split(r", | and ", text) if len(p.split()) == 2]
+def parse_things(text: str) -> list[tuple[str | None, str]]:
+    parts = [p.split() for p in re.split(r", | and ", text)]
+    return [(w[0] if len(w) == 2 else None, singular(w[-1])) for w in parts if len(w) in (1, 2)]
 
 
-def count_question(image: Image.Image, colour: str, kind: str) -> Question:
+def count_question(image: Image.Image, colour: str | None, kind: str) -> Question:
+    """How many `colour` `kind`s; of any colour (COUNT_ANY) when `colour` is None."""
+    if colour is None:
+        return COUNT_ANY.ask([image], kinds=plural(kind, 2))
     return COUNT.ask([image], colour=colour, kinds=plural(kind, 2))
 
 
@@ -101,8 +112,9 @@ def exists_question(image: Image.Image, colour: str, kind: str) -> Question:
     return EXISTS.ask([image], article=article(colour), colour=colour, kind=kind)
 
 
-def relation_question(image: Image.Image, a: tuple[str, str], relation: str, b: tuple[str, str]) -> Question:
-    return RELATION.ask([image], colour=a[0], kind=a[1], relation=relation, colour2=b[0], kind2=b[1])
+def relation_question(image: Image.Image, a: tuple[str | None, str], relation: str, b: tuple[str | None, str]) -> Question:
+    """Whether `a` (colour or None, kind) stands `relation` `b`."""
+    return RELATION.ask([image], a=named(*a), relation=relation, b=named(*b))
 
 
 def yes_no_question(image: Image.Image, text: str) -> Question:

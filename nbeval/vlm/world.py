@@ -83,11 +83,13 @@ class WorldJudge(Judge):
 
     # --- one answer per template ----------------------------------------------------------------------
     def _count(self, image: Image.Image, f: dict) -> Answer:
-        return self._certain(str(min(census(self._objects(image), f["colour"], q.singular(f["kinds"])), 10)))
+        """COUNT, or COUNT_ANY (no colour named: every colour counts)."""
+        kind, colour = q.singular(f["kinds"]), f.get("colour")
+        return self._certain(str(min(sum(k == kind and colour in (None, c) for c, k, _ in self._objects(image)), 10)))
 
     def _other(self, image: Image.Image, f: dict) -> Answer:
         named = set(q.parse_things(f["things"]))
-        return self._certain("yes" if any((c, k) not in named for c, k, _ in self._objects(image)) else "no")
+        return self._certain("yes" if any((c, k) not in named and (None, k) not in named for c, k, _ in self._objects(image)) else "no")
 
     def _read_text(self, image: Image.Image, f: dict) -> Answer:
         return Answer(self._text(image) or q.NO_TEXT, meta={"model": "world"})
@@ -102,8 +104,8 @@ class WorldJudge(Judge):
     def _relation(self, image: Image.Image, f: dict) -> Answer:
         reading = self._reading(image)
 
-        def centre(colour: str, kind: str) -> tuple[float, float] | None:
-            o = next((o for o in reading["objects"] if (o["colour"], o["kind"]) == (colour, kind)), None)
+        def centre(colour: str | None, kind: str) -> tuple[float, float] | None:  # None: any colour
+            o = next((o for o in reading["objects"] if o["kind"] == kind and colour in (None, o["colour"])), None)
             return None if o is None else ((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2)
 
         a, b = centre(f["colour"], f["kind"]), centre(f["colour2"], f["kind2"])
@@ -162,7 +164,7 @@ class WorldJudge(Judge):
         self._readings = {}  # the questions hold their images until this call ends, so their ids stay theirs
         out: list[Answer | None] = [None] * len(questions)
         pairwise = []
-        single = {"count": self._count, "other": self._other, "text": self._read_text, "exact": self._exact,
+        single = {"count": self._count, "count_any": self._count, "other": self._other, "text": self._read_text, "exact": self._exact,
                   "exists": self._exists, "relation": self._relation}
         double = {"edit_sc": self._edit_sc, "edit_pq": self._edit_pq}
         for i, question in enumerate(questions):

@@ -92,7 +92,7 @@ class PromptsSuite(Suite):
                 obj, error = parse_line(number, line), None
             except LineError as e:
                 obj, error = {}, str(e)
-            truth = {k: obj[k] for k in ROLES if k in obj} | ({"error": error} if error else {})
+            truth = {"file_sha256": self.sha256, **{k: obj[k] for k in ROLES if k in obj}} | ({"error": error} if error else {})
             out.append(Sample(
                 id=f"{self.name}-{obj.get('id', number)}", suite=self.name, prompt=obj.get("prompt") or line[:500],
                 truth=(truth,), seed=seed * 1_000_003 + i, tags={"tags": obj.get("tags", []), "line": number},

@@ -76,5 +76,6 @@ def test_a_line_needing_a_role_without_a_scorer_says_so_and_the_file_is_in_the_k
     assert "needs scorer role(s) ocr" in error
     assert res["suites"]["prompts"]["metrics"]["exact_accuracy"]["value"] == 1.0
     before = [s.key for s in build_suite("prompts", cfg.suite.prompts).samples(2, 0)]
-    path.write_text(path.read_text().replace("HELLO WORLD", "HELLO THERE", 1))
-    assert [s.key for s in build_suite("prompts", cfg.suite.prompts).samples(2, 0)] != before, "an edited file gives new sample keys"
+    path.write_text(path.read_text() + json.dumps({"id": "more", "prompt": "One more line", "text": "MORE"}) + "\n")
+    after = [s.key for s in build_suite("prompts", cfg.suite.prompts).samples(2, 0)]
+    assert all(a != b for a, b in zip(after, before)), "an edited file gives every sample a new key, its unchanged lines too"

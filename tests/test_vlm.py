@@ -190,7 +190,7 @@ def test_scorer_cards_for_the_palette_counter_and_the_world_judge(tmp_path):
 
     cards = {}
     for scorer in ("counter", "vlm_count"):
-        r = run_cli(["scorer-card", f"scorer=[{scorer}]", "n=40", f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / scorer}", "tracking=none"], tmp_path)
+        r = run_cli(["scorer-card", f"scorer=[{scorer}]", "n=24", f"cache_dir={tmp_path / 'cache'}", f"out={tmp_path / scorer}", "tracking=none"], tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "Scorer card: counter" in r.stdout
         (cards[scorer],) = (tmp_path / scorer).glob("counter-*.json")
@@ -199,7 +199,8 @@ def test_scorer_cards_for_the_palette_counter_and_the_world_judge(tmp_path):
         rows = {(row["model"], row["severity"]): row for row in card["rows"]}
         assert rows[("oracle", None)]["value"] == 1.0, scorer
         blur = [rows[("oracle_blur", s)]["value"] for s in (1, 2, 3, 4)]
-        assert card["with_damage"] == {"oracle_blur": "falls"} and blur[-1] < 1.0, (scorer, blur)
+        assert card["with_damage"]["oracle_blur"] == "falls" and blur[-1] < 1.0, (scorer, blur)
+        assert rows[("oracle_style", 0)]["value"] == 1.0 and ("oracle_style", 5) in rows, "a row per style severity"
         assert (tmp_path / "cache" / "cards" / f"{card['fingerprint']}.json").is_file()
     # a run with a carded scorer links its card; one without says unvalidated
     r = run_cli(["run", "model=oracle", "suite=[counting]", "n=4", "scorer=[vlm_count]", f"cache_dir={tmp_path / 'cache'}", "tracking=none",

@@ -1,5 +1,7 @@
 """The oracle: renders the ground truth, optionally corrupted. The ceiling of every suite, and the
-instrument that proves each scorer right (clean → near-perfect; more damage → monotonically worse)."""
+instrument that proves each scorer right (clean → near-perfect; more damage → monotonically worse).
+With `style` it draws the same truth in graded other styles instead (`model=oracle_style`,
+nbeval.world.styles): the stand-in for a real model's look, against which every scorer's card is read."""
 
 from __future__ import annotations
 
@@ -10,23 +12,28 @@ from PIL import Image
 from nbeval.adapters import corruptions
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter, timed
 from nbeval.world import Scene, render, renderer_fingerprint
+from nbeval.world.styles import STYLE_VERSION, render_styled
 
 
 class OracleAdapter(ModelAdapter):
     capabilities = frozenset({"generate", "edit"})
     needs_truth = True
 
-    def __init__(self, name: str = "oracle", corruption: str | None = None, severity: int = 0, render_size: int | None = None) -> None:
+    def __init__(self, name: str = "oracle", corruption: str | None = None, severity: int = 0, render_size: int | None = None, style: bool = False) -> None:
         """`render_size` renders at that resolution and resizes to the requested one: the ceiling of a
-        model that works at that resolution (the reference model's is 64)."""
+        model that works at that resolution (the reference model's is 64). `style`: `severity` is the
+        style's, not a corruption's (the two are not combined)."""
         corruptions.check(corruption, severity)
         if render_size is not None and render_size < 8:
             raise ValueError(f"render_size must be at least 8 pixels, got {render_size}")
-        self.name, self.corruption, self.severity = name, corruption, int(severity)
+        if style and corruption is not None:
+            raise ValueError(f"a styled oracle takes no corruption (got {corruption!r}): its severity is the style's")
+        self.name, self.corruption, self.severity, self.style = name, corruption, int(severity), bool(style)
         self.render_size = None if render_size is None else int(render_size)
 
     def settings(self) -> dict:
-        return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint(), "render_size": self.render_size}
+        return {"corruption": self.corruption, "severity": self.severity, "renderer": renderer_fingerprint(), "render_size": self.render_size,
+                **({"style": STYLE_VERSION} if self.style else {})}
 
     def _draw(self, truth: dict, size: int, key: str, turn: int = 0) -> Image.Image:
         if "scene" not in truth:  # a suite that cannot make one says why in `no_scene`
@@ -35,7 +42,9 @@ class OracleAdapter(ModelAdapter):
         scene = Scene.from_dict(truth["scene"])
         if self.corruption in corruptions.SCENE_CORRUPTIONS:
             scene = corruptions.SCENE_CORRUPTIONS[self.corruption](scene, self.severity, rng)
-        img = render(scene, self.render_size or size)
+        side = self.render_size or size
+        # the style's choices come from the sample, not the turn: an edit chain keeps its look
+        img = render_styled(scene, side, self.severity, random.Random(f"style:{key.rsplit(':', 1)[0]}")) if self.style else render(scene, side)
         if img.width != size:
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         if self.corruption in corruptions.IMAGE_CORRUPTIONS:

@@ -25,12 +25,12 @@ def renderer_fingerprint() -> str:
 
 
 @lru_cache(maxsize=64)
-def font_for_cap_height(cap_px: int) -> ImageFont.FreeTypeFont:
-    """The bundled font at the point size whose capital 'H' is `cap_px` pixels tall."""
-    probe = ImageFont.truetype(str(FONT_PATH), 100)
+def font_for_cap_height(cap_px: int, font: Path = FONT_PATH) -> ImageFont.FreeTypeFont:
+    """A font (the bundled one by default) at the point size whose capital 'H' is `cap_px` pixels tall."""
+    probe = ImageFont.truetype(str(font), 100)
     left, top, right, bottom = probe.getbbox("H")
     size = max(1, round(cap_px * 100 / (bottom - top)))
-    return ImageFont.truetype(str(FONT_PATH), size)
+    return ImageFont.truetype(str(font), size)
 
 
 def text_width(word: Word, canvas: int = 1000) -> float:
@@ -53,13 +53,21 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, px: int) -> None:
         raise ValueError(f"cannot draw shape kind {s.kind!r}")
 
 
-def _draw_word(draw: ImageDraw.ImageDraw, w: Word, px: int) -> None:
-    font = font_for_cap_height(max(1, round(w.height * px)))
-    draw.text((w.x * px, w.y * px), w.text, fill=TEXT_COLOUR, font=font, anchor="mm")
+def _draw_word(draw: ImageDraw.ImageDraw, w: Word, px: int, font: Path) -> None:
+    """The word centred where the scene puts it; another font than the bundled one is shrunk, if it
+    must be, to the bundled font's width, so the word keeps the box the layout gave it."""
+    cap = max(1, round(w.height * px))
+    face = font_for_cap_height(cap, font)
+    if font != FONT_PATH:
+        left, _, right, _ = face.getbbox(w.text)
+        room = text_width(w, px) * px
+        if right - left > room:
+            face = font_for_cap_height(max(1, int(cap * room / (right - left))), font)
+    draw.text((w.x * px, w.y * px), w.text, fill=TEXT_COLOUR, font=face, anchor="mm")
 
 
-def render(scene: Scene, size: int = 256) -> Image.Image:
-    """Render `scene` to a `size`×`size` RGB image."""
+def render(scene: Scene, size: int = 256, font: Path = FONT_PATH) -> Image.Image:
+    """Render `scene` to a `size`×`size` RGB image (its words in `font`: the bundled one by default)."""
     px = size * SUPERSAMPLE
     img = Image.new("RGB", (px, px), BACKGROUND)
     draw = ImageDraw.Draw(img)
@@ -68,5 +76,5 @@ def render(scene: Scene, size: int = 256) -> Image.Image:
     for c in scene.characters:
         draw_character(draw, Character.from_dict(c), px)
     for w in scene.words:
-        _draw_word(draw, w, px)
+        _draw_word(draw, w, px, font)
     return img.resize((size, size), Image.Resampling.LANCZOS)

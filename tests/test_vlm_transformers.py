@@ -184,7 +184,7 @@ def test_refusals_name_the_problem(tiny, tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         _judge(tmp_path)
     LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=1).save_pretrained(tmp_path / "llm")
-    with pytest.raises(ValueError, match="not an image-text-to-text model"):
+    with pytest.raises(ValueError, match="AutoModelForImageTextToText does not load"):
         _judge(tmp_path / "llm")
     with pytest.raises(ValueError, match="vlm.dtype"):
         _judge(tiny, dtype="float8")

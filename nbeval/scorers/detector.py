@@ -24,7 +24,6 @@ floors instead of its palette. The reading is the palette counter's, so `countin
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nbeval.hf import local_model_folder
 from nbeval.readings import CountedObject, CounterReading
 from nbeval.records import folder_sha256
 from nbeval.scorers.base import Scorer, check_sha256
@@ -98,30 +98,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 def _check_folder(path: str) -> tuple[Path, str]:
-    """The folder and its model type, refused before anything loads: missing (nothing is downloaded
-    in its place), or not a zero-shot detector this counter reads."""
-    try:
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES as DETECTORS,
-        )
-    except ImportError as e:
-        raise ImportError("scorer=[counter_detector] needs transformers: pip install -e '.[detector]'") from e
-
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(f"scorer.counter.path={str(path)!r} is not a folder. Nothing is downloaded: give a local folder that "
-                                "save_pretrained wrote or a downloaded snapshot (e.g. huggingface-cli download google/owlv2-base-patch16-ensemble --local-dir …)")
-    config = p / "config.json"
-    if not config.is_file():
-        raise ValueError(f"scorer.counter.path={str(path)!r} is not a transformers model folder (no config.json)")
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in DETECTORS:
-        raise ValueError(f"scorer.counter.path={str(path)!r} holds a {model_type!r} model, which is not a zero-shot object detector "
-                         "(AutoModelForZeroShotObjectDetection): give OWLv2 or OWL-ViT")
+    """The folder and its model type, refused before anything loads: missing, or not a zero-shot
+    detector this counter reads."""
+    folder, model_type = local_model_folder(path, "scorer.counter.path", "AutoModelForZeroShotObjectDetection", "detector", "OWLv2 or OWL-ViT")
     if model_type not in FAMILIES:
         raise ValueError(f"scorer.counter.path={str(path)!r} holds a {model_type!r} zero-shot detector; this counter reads "
                          f"{' and '.join(FAMILIES)} only (one score per box and query)")
-    return p.resolve(), model_type
+    return folder, model_type
 
 
 class DetectorCounter(Scorer):

@@ -25,11 +25,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
-from pathlib import Path
 
+from nbeval.hf import local_model_folder
 from nbeval.records import folder_sha256
 from nbeval.scorers.base import check_sha256
 from nbeval.vlm.base import Answer, Judge, Question
@@ -43,28 +42,6 @@ class _Unsupported(Exception):
     """A question this model's processor cannot turn into inputs."""
 
 
-def _check_folder(path: str) -> Path:
-    """The folder, refused before anything loads: missing (nothing is downloaded in its place) or not
-    an image-text-to-text model."""
-    try:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    except ImportError as e:
-        raise ImportError("vlm=transformers needs transformers: pip install -e '.[vlm]'") from e
-
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(f"vlm.path={str(path)!r} is not a folder. Nothing is downloaded: give a local folder that "
-                                "save_pretrained wrote or a downloaded snapshot (e.g. huggingface-cli download … --local-dir)")
-    config = p / "config.json"
-    if not config.is_file():
-        raise ValueError(f"vlm.path={str(path)!r} is not a transformers model folder (no config.json)")
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(f"vlm.path={str(path)!r} holds a {model_type!r} model, which is not an image-text-to-text model "
-                         "(AutoModelForImageTextToText): give a vision-language model such as LLaVA, Qwen2-VL, Idefics3 or Gemma 3")
-    return p.resolve()
-
-
 class TransformersJudge(Judge):
     name = "transformers"
 
@@ -74,7 +51,8 @@ class TransformersJudge(Judge):
             raise ValueError(f"vlm.dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
         if int(max_new_tokens) < 1 or int(top_logprobs) < 1 or int(batch_size) < 1:
             raise ValueError("vlm.max_new_tokens, vlm.top_logprobs and vlm.batch_size must each be at least 1")
-        self.path = _check_folder(path)
+        self.path, _ = local_model_folder(path, "vlm.path", "AutoModelForImageTextToText", "vlm",
+                                          "a vision-language model such as LLaVA, Qwen2-VL, Idefics3 or Gemma 3")
         check_sha256(f"the VLM judge's files in {self.path}", folder_sha256(self.path), sha256)
         self.device, self.dtype = device, dtype
         self.max_new_tokens, self.top_logprobs, self.batch_size = int(max_new_tokens), int(top_logprobs), int(batch_size)

@@ -1,0 +1,34 @@
+"""Local transformers model folders: what the transformers-backed scorers and judges load, checked
+before anything loads. Nothing is downloaded in a missing folder's place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODEL_TYPES = {  # the auto classes we load → transformers' table of the model types each one loads
+    "AutoModelForZeroShotObjectDetection": "MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES",
+    "AutoModelForImageTextToText": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+}
+
+
+def local_model_folder(path: str, setting: str, auto_class: str, extra: str, want: str) -> tuple[Path, str]:
+    """The resolved folder at `path` and its `model_type`, refused when it is missing, is not a
+    transformers model folder, or holds a model `auto_class` (e.g. `AutoModelForImageTextToText`)
+    cannot load. `setting` names the config key in messages, `extra` the pip extra that brings
+    transformers, `want` what to give instead."""
+    try:
+        from transformers.models.auto import modeling_auto
+    except ImportError as e:
+        raise ImportError(f"{setting} needs transformers: pip install -e '.[{extra}]'") from e
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"{setting}={str(path)!r} is not a folder. Nothing is downloaded: give a local folder that "
+                                "save_pretrained wrote or a downloaded snapshot (huggingface-cli download <repo> --local-dir …)")
+    config = p / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{setting}={str(path)!r} is not a transformers model folder (no config.json)")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in getattr(modeling_auto, MODEL_TYPES[auto_class]):
+        raise ValueError(f"{setting}={str(path)!r} holds a {model_type!r} model, which {auto_class} does not load: give {want}")
+    return p.resolve(), model_type

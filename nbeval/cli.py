@@ -158,9 +158,10 @@ ARENA_USAGE = """usage:
   nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
       ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
   nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
+                     [battle_ttl_s=900] [rerolls_per_minute=10]
       the blind voting web app; db may be postgresql+psycopg://user@host/db. The admin key comes
       from the environment, NBEVAL_ARENA_ADMIN_KEY (16+ characters), never from the command line.
-  nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256]
+  nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256] [reveal=after_vote|end|never]
   nbeval arena import url=URL arena=ID suite=SUITE runs=RUN_DIR[,RUN_DIR…]
       put the first-turn images of finished `nbeval run` folders (one per model) into an arena
   nbeval arena invite url=URL arena=ID names=alice,bob     (prints each voter's invite token once)
@@ -197,12 +198,12 @@ def _arena_serve(argv: list[str]) -> None:
 
     from nbeval.arena.web import ServerConfig, create_app
 
-    opts, _ = parse_options(argv, {"db", "host", "port", "votes_per_minute", "logins_per_minute"}, usage=ARENA_USAGE)
+    numbers = {"votes_per_minute", "logins_per_minute", "battle_ttl_s", "rerolls_per_minute"}
+    opts, _ = parse_options(argv, {"db", "host", "port", *numbers}, usage=ARENA_USAGE)
     config = ServerConfig(
         db_url=opts.get("db", "sqlite:///arena.db"),
         admin_key=os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""),
-        votes_per_minute=int(opts.get("votes_per_minute", 600)),
-        logins_per_minute=int(opts.get("logins_per_minute", 30)),
+        **{k: int(opts[k]) for k in numbers & opts.keys()},
     )
     try:
         app = create_app(config)
@@ -220,13 +221,13 @@ def _arena_admin(action: str, argv: list[str]) -> None:
 
     from nbeval.arena.client import AdminClient, generations_from_run
 
-    allowed = {"create": {"url", "name", "sampling", "image_size"}, "import": {"url", "arena", "suite", "runs"},
+    allowed = {"create": {"url", "name", "sampling", "image_size", "reveal"}, "import": {"url", "arena", "suite", "runs"},
                "invite": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
     opts, _ = parse_options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"}, ARENA_USAGE)
     admin = AdminClient(opts["url"], os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""))
     try:
         if action == "create":
-            print(admin.create_arena(opts["name"], opts.get("sampling", "uncertainty"), int(opts.get("image_size", 256))))
+            print(admin.create_arena(opts["name"], opts.get("sampling", "uncertainty"), int(opts.get("image_size", 256)), opts.get("reveal", "after_vote")))
         elif action == "import":
             items = [g for run in opts["runs"].split(",") for g in generations_from_run(Path(run), opts["suite"])]
             print(json.dumps({"generations": len(items), **admin.import_generations(opts["arena"], items)}))

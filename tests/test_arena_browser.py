@@ -30,7 +30,8 @@ def browser():
 def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, browser, tmp_path):
     server = arena_server()
     arena = server.admin.create_arena("browser")
-    server.admin.import_generations(arena, demo_generations(3, MODELS))  # 3 prompts × 3 pairs = 9 battles
+    # 5 prompts × 3 pairs = 15 battles; a reveal takes a prompt's other two pairs off this voter's list
+    server.admin.import_generations(arena, demo_generations(5, MODELS))
     token = server.admin.invite(arena, ["carol"])["carol"]
 
     page = browser.new_page()

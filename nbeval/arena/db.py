@@ -1,9 +1,10 @@
-"""The arena's tables (SQLAlchemy 2): arenas, blind images, battles, voters, votes.
+"""The arena's tables (SQLAlchemy 2): arenas, blind images, battles, views, voters, votes.
 
 SQLite (WAL, fully synchronous) by default so a single machine needs nothing else; PostgreSQL by
 URL for a shared arena. Uniqueness that matters for honest counts — one vote per voter per battle,
 one image per (model, sample) — is a database constraint, not an application check, so concurrent
-requests cannot slip past it.
+requests cannot slip past it. Columns added since a database was created are added to it when a
+server opens it (`_migrate`), so an arena keeps its votes across upgrades.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -52,6 +55,7 @@ class Arena(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=opaque_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     sampling: Mapped[str] = mapped_column(String(16), default="uncertainty")  # or "uniform" (audits)
+    reveal: Mapped[str] = mapped_column(String(16), default="after_vote")  # | end | never (see store.REVEALS)
     image_size: Mapped[int] = mapped_column(Integer, default=256)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
 
@@ -71,8 +75,9 @@ class BlindImage(Base):
 
 
 class Battle(Base):
-    """One pair of images of the same prompt. Side a is shown on the left; each side has its own
-    random image URL, so the same image in two battles has two unrelated addresses."""
+    """One pair of images of the same prompt. Side a is shown on the left. Images are served under
+    per-view URLs (`View`); url_a/url_b are no longer served and stay only because existing
+    databases hold them as NOT NULL."""
 
     __tablename__ = "battles"
     __table_args__ = (UniqueConstraint("arena_id", "image_a_id", "image_b_id"),)
@@ -94,6 +99,22 @@ class Voter(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class View(Base):
+    """A battle assigned to one voter: shown only to them, under URLs that are new each time the page
+    is shown (so an image has no address that outlives one view or can be shared), votable until
+    `expires_at`. `ended`: voted, rerolled, or None while open; the rows are the log of re-rolls."""
+
+    __tablename__ = "views"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    battle_id: Mapped[str] = mapped_column(ForeignKey("battles.id"), index=True)
+    voter_id: Mapped[int] = mapped_column(ForeignKey("voters.id"), index=True)
+    url_a: Mapped[str] = mapped_column(String(32), unique=True, default=opaque_id)
+    url_b: Mapped[str] = mapped_column(String(32), unique=True, default=opaque_id)
+    shown_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ended: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
 class Vote(Base):
     __tablename__ = "votes"
     __table_args__ = (UniqueConstraint("battle_id", "voter_id", name="one_vote_per_voter_per_battle"),)
@@ -102,6 +123,7 @@ class Vote(Base):
     voter_id: Mapped[int] = mapped_column(ForeignKey("voters.id"), index=True)
     winner: Mapped[str] = mapped_column(String(16))  # a | b | tie | both_bad
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
+    revealed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # when the voter could learn the models
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -121,7 +143,28 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    _migrate(engine)
     return engine
+
+
+# (table, column, SQL type and default, statement filling existing rows or None). Votes cast before
+# `revealed_at` existed were revealed at once (the only mode then), so they count as revealed.
+ADDED_COLUMNS = [
+    ("arenas", "reveal", "VARCHAR(16) NOT NULL DEFAULT 'after_vote'", None),
+    ("votes", "revealed_at", "TIMESTAMP", "UPDATE votes SET revealed_at = created_at"),
+]
+
+
+def _migrate(engine: Engine) -> None:
+    """Add the columns a database created by an earlier version lacks (create_all adds only tables)."""
+    have = {t: {c["name"] for c in inspect(engine).get_columns(t)} for t in {t for t, *_ in ADDED_COLUMNS}}
+    timestamp = "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "TIMESTAMP"
+    with engine.begin() as conn:
+        for table, column, ddl, fill in ADDED_COLUMNS:
+            if column not in have[table]:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl.replace('TIMESTAMP', timestamp)}"))
+                if fill:
+                    conn.execute(text(fill))
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

@@ -120,7 +120,7 @@ def load_test(db_url: str, workdir: Path, voters: int, votes: int, prompts: int)
     """Seed an arena (3 oracle variants × `prompts`), let `voters` cast `votes` each, check the store."""
     server = ArenaServer(db_url, workdir, admin_key=os.urandom(16).hex(), logins_per_minute=100_000)
     try:
-        arena = server.admin.create_arena("load test")
+        arena = server.admin.create_arena("load test", reveal="end")  # after_vote would leave each voter one battle per prompt
         seeded = server.admin.import_generations(arena, demo_generations(prompts))
         tokens = server.admin.invite(arena, [f"voter{i:03d}" for i in range(voters)])
         result = run_load(server.url, tokens, votes)

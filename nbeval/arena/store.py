@@ -1,11 +1,17 @@
 """What the arena does with its tables: import generations blind, pair them into battles, invite
-voters, pick each voter's next battle, record votes exactly once, and export them as battles.
+voters, assign each voter their next battle (a `View`), record votes exactly once, reveal models as
+the arena's `reveal` mode allows, and export votes as battles.
+
+Blindness across battles: an image's bytes are the same wherever it appears, so its URL must not be:
+every showing of a battle gets new URLs that only that voter can load, and a voter is never assigned
+a battle holding an image whose model was revealed to them.
 
 Web handlers and admin tools call these functions with a session; nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import itertools
@@ -17,15 +23,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from nbeval.arena.db import Arena, Battle, BlindImage, Setting, Vote, Voter, opaque_id
+from nbeval.arena.db import Arena, Battle, BlindImage, Setting, View, Vote, Voter, now, opaque_id
 from nbeval.arena.ratings import OUTCOMES, leaderboard
 from nbeval.arena.sampling import pair_weights, uncertainty_draw
 
 BACKGROUND = (128, 128, 128)  # letterbox colour for non-square images
+# when a voter learns which models made a battle's images: after their vote, once they have voted on
+# every battle offered to them, or never (votes only; the admin export still names the models)
+REVEALS = ("after_vote", "end", "never")
 
 
 class ArenaError(ValueError):
@@ -44,6 +53,14 @@ class Conflict(ArenaError):
 
 class AlreadyVoted(Conflict):
     pass
+
+
+class Forbidden(ArenaError):
+    status = 403
+
+
+class Expired(ArenaError):
+    status = 410
 
 
 def blind_png(data: bytes, size: int) -> bytes:
@@ -82,14 +99,16 @@ def setting(s: Session, key: str, make) -> str:
     return row.value
 
 
-def create_arena(s: Session, name: str, sampling: str = "uncertainty", image_size: int = 256) -> Arena:
+def create_arena(s: Session, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote") -> Arena:
     if sampling not in ("uncertainty", "uniform"):
         raise ArenaError("sampling must be 'uncertainty' or 'uniform'")
+    if reveal not in REVEALS:
+        raise ArenaError(f"reveal must be one of {REVEALS}")
     if not 32 <= image_size <= 1024:
         raise ArenaError("image_size must be within 32..1024")
     if s.scalar(select(Arena).where(Arena.name == name)) is not None:
         raise Conflict(f"an arena named {name!r} exists")
-    arena = Arena(id=opaque_id(), name=name, sampling=sampling, image_size=image_size)
+    arena = Arena(id=opaque_id(), name=name, sampling=sampling, image_size=image_size, reveal=reveal)
     s.add(arena)
     s.commit()
     return arena
@@ -146,7 +165,7 @@ def _pair_new_images(s: Session, arena: Arena) -> int:
             if frozenset((x.id, y.id)) in existing:
                 continue
             a, b = (x, y) if secrets.randbelow(2) else (y, x)
-            s.add(Battle(id=opaque_id(), arena_id=arena.id, sample_id=sample_id, image_a_id=a.id, image_b_id=b.id, url_a=opaque_id(), url_b=opaque_id()))
+            s.add(Battle(id=opaque_id(), arena_id=arena.id, sample_id=sample_id, image_a_id=a.id, image_b_id=b.id))
             added += 1
     return added
 
@@ -202,11 +221,31 @@ class PairPriorities:
         return w
 
 
-def next_battle(s: Session, voter: Voter, priorities: PairPriorities, rng: np.random.Generator) -> Battle | None:
-    """A battle this voter has not voted on: by pair uncertainty (pairs with no votes yet weigh as
-    much as the most uncertain pair), or uniformly for an audit arena. None when all are done."""
+def _revealed_images(voter: Voter):
+    """Ids of the images whose model this voter has been shown."""
+    revealed = (Vote.voter_id == voter.id, Vote.revealed_at.is_not(None))
+    return union(
+        select(Battle.image_a_id).join(Vote, Vote.battle_id == Battle.id).where(*revealed),
+        select(Battle.image_b_id).join(Vote, Vote.battle_id == Battle.id).where(*revealed),
+    )
+
+
+def _candidates(s: Session, voter: Voter) -> list:
+    """Battles this voter may still be assigned: not voted on, not passed over by a re-roll, and
+    holding no image whose model was revealed to them."""
     voted = select(Vote.battle_id).where(Vote.voter_id == voter.id)
-    cands = s.execute(_battles_with_models(voter.arena_id).where(Battle.id.not_in(voted))).all()
+    rerolled = select(View.battle_id).where(View.voter_id == voter.id, View.ended == "rerolled")
+    revealed = _revealed_images(voter)
+    q = _battles_with_models(voter.arena_id).where(
+        Battle.id.not_in(voted), Battle.id.not_in(rerolled), Battle.image_a_id.not_in(revealed), Battle.image_b_id.not_in(revealed)
+    )
+    return s.execute(q).all()
+
+
+def next_battle(s: Session, voter: Voter, priorities: PairPriorities, rng: np.random.Generator) -> Battle | None:
+    """One of the voter's candidate battles (`_candidates`): by pair uncertainty (pairs with no votes
+    yet weigh as much as the most uncertain pair), or uniformly for an audit arena. None when none."""
+    cands = _candidates(s, voter)
     if not cands:
         return None
     arena = s.get(Arena, voter.arena_id)
@@ -220,6 +259,46 @@ def next_battle(s: Session, voter: Voter, priorities: PairPriorities, rng: np.ra
     return s.get(Battle, pick.id)
 
 
+def _open_view(s: Session, voter: Voter, battle_id: str | None = None) -> View | None:
+    """The voter's latest unexpired, unended view (of `battle_id`, if given)."""
+    q = select(View).where(View.voter_id == voter.id, View.ended.is_(None), View.expires_at > now())
+    if battle_id is not None:
+        q = q.where(View.battle_id == battle_id)
+    return s.scalar(q.order_by(View.id.desc()).limit(1))
+
+
+def _fresh_urls(view: View) -> View:
+    view.url_a, view.url_b = opaque_id(), opaque_id()
+    return view
+
+
+def show_battle(s: Session, voter: Voter, priorities: PairPriorities, rng: np.random.Generator, ttl_s: float) -> tuple[Battle, View] | None:
+    """The battle to show this voter now, under new image URLs: the one assigned to them if it is
+    still open (reloading the page does not draw another), else a newly assigned one that they can
+    vote on for `ttl_s` seconds. None when no battle is left for them."""
+    view = _open_view(s, voter)
+    if view is None:
+        battle = next_battle(s, voter, priorities, rng)
+        if battle is None:
+            return None
+        view = View(battle_id=battle.id, voter_id=voter.id, expires_at=now() + dt.timedelta(seconds=ttl_s))
+        s.add(view)
+    _fresh_urls(view)
+    s.commit()
+    return s.get(Battle, view.battle_id), view
+
+
+def reroll(s: Session, voter: Voter) -> str | None:
+    """Pass over the voter's open battle (it is not offered to them again); its id, None if none.
+    The view stays, ended 'rerolled', as the record of the re-roll."""
+    view = _open_view(s, voter)
+    if view is None:
+        return None
+    view.ended = "rerolled"
+    s.commit()
+    return view.battle_id
+
+
 def battle_for_voter(s: Session, voter: Voter, battle_id: str) -> Battle:
     """The battle, if it is in the voter's arena; an unknown or foreign id is simply not found."""
     battle = s.get(Battle, battle_id) if isinstance(battle_id, str) and len(battle_id) <= 32 else None
@@ -229,12 +308,23 @@ def battle_for_voter(s: Session, voter: Voter, battle_id: str) -> Battle:
 
 
 def record_vote(s: Session, voter: Voter, battle_id: str, winner: str) -> Vote:
-    """Commit one vote; returns only after the commit, so an acknowledgement means it is stored.
-    The unique constraint (battle, voter) refuses a second vote even from concurrent requests."""
+    """Commit one vote on a battle assigned to this voter and still open; returns only after the
+    commit, so an acknowledgement means it is stored. The unique constraint (battle, voter) refuses a
+    second vote even from concurrent requests. In a reveal=after_vote arena the vote is revealed at
+    once (the redirect goes to the reveal page), so its images leave the voter's candidates."""
     if winner not in OUTCOMES:
         raise ArenaError(f"winner must be one of {OUTCOMES}")
     battle = battle_for_voter(s, voter, battle_id)
-    vote = Vote(battle_id=battle.id, voter_id=voter.id, winner=winner)
+    if vote_of(s, voter, battle.id) is not None:
+        raise AlreadyVoted("you have already voted on this battle")
+    view = _open_view(s, voter, battle.id)
+    if view is None:
+        if s.scalar(select(View.id).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended.is_(None))) is not None:
+            raise Expired("this battle expired before your vote; vote on the next one")
+        raise Forbidden("this battle was not shown to you")
+    revealed_at = now() if s.get(Arena, voter.arena_id).reveal == "after_vote" else None
+    vote = Vote(battle_id=battle.id, voter_id=voter.id, winner=winner, revealed_at=revealed_at)
+    view.ended = "voted"
     s.add(vote)
     try:
         s.commit()
@@ -244,8 +334,36 @@ def record_vote(s: Session, voter: Voter, battle_id: str, winner: str) -> Vote:
     return vote
 
 
+def voted_battles(s: Session, voter: Voter) -> list[str]:
+    """Ids of the battles this voter voted on, in voting order (their reveal pages)."""
+    return list(s.scalars(select(Vote.battle_id).where(Vote.voter_id == voter.id).order_by(Vote.id)))
+
+
 def vote_of(s: Session, voter: Voter, battle_id: str) -> Vote | None:
     return s.scalar(select(Vote).where(Vote.battle_id == battle_id, Vote.voter_id == voter.id))
+
+
+def reveal(s: Session, voter: Voter, battle: Battle) -> tuple[Vote, View]:
+    """The voter's vote on `battle` and a view of it under new URLs, if the arena lets them see its
+    models now: after_vote at once, end once no battle is left for them (then all their votes are
+    revealed together), never not at all."""
+    vote = vote_of(s, voter, battle.id)
+    if vote is None:
+        raise Forbidden("vote on this battle first; the models are revealed after your vote")
+    if vote.revealed_at is None:
+        mode = s.get(Arena, voter.arena_id).reveal
+        if mode == "never":
+            raise Forbidden("this arena does not reveal which model made which image")
+        if _candidates(s, voter):
+            raise Forbidden("the models are revealed once you have voted on every battle")
+        s.execute(update(Vote).where(Vote.voter_id == voter.id, Vote.revealed_at.is_(None)).values(revealed_at=now()))
+    view = s.scalar(select(View).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended == "voted"))
+    if view is None:  # a vote cast before views existed
+        view = View(battle_id=battle.id, voter_id=voter.id, expires_at=now(), ended="voted")
+        s.add(view)
+    _fresh_urls(view)
+    s.commit()
+    return vote, view
 
 
 def models_of(s: Session, battle: Battle) -> tuple[str, str]:
@@ -256,15 +374,17 @@ def prompt_of(s: Session, battle: Battle) -> str:
     return s.get(BlindImage, battle.image_a_id).prompt
 
 
-def image_for_url(s: Session, url_token: str, arena_id: str) -> bytes | None:
-    """The blind PNG behind one side's random URL, if that battle is in `arena_id`."""
+def image_for_url(s: Session, url_token: str, voter: Voter) -> bytes | None:
+    """The blind PNG behind one side of a view, if the view is this voter's and still open (or their
+    voted battle's, for the reveal page)."""
     if not isinstance(url_token, str) or len(url_token) > 32:
         return None
-    for url_col, image_col in ((Battle.url_a, Battle.image_a_id), (Battle.url_b, Battle.image_b_id)):
-        image_id = s.scalar(select(image_col).where(url_col == url_token, Battle.arena_id == arena_id))
-        if image_id is not None:
-            return s.get(BlindImage, image_id).png
-    return None
+    usable = or_(View.ended == "voted", View.ended.is_(None) & (View.expires_at > now()))
+    view = s.scalar(select(View).where(or_(View.url_a == url_token, View.url_b == url_token), View.voter_id == voter.id, usable))
+    if view is None:
+        return None
+    battle = s.get(Battle, view.battle_id)
+    return s.get(BlindImage, battle.image_a_id if view.url_a == url_token else battle.image_b_id).png
 
 
 def votes_frame(s: Session, arena: Arena) -> pd.DataFrame:
@@ -292,4 +412,5 @@ def counts(s: Session, arena: Arena) -> dict[str, int]:
         "battles": n(Battle, Battle.arena_id == arena.id),
         "voters": n(Voter, Voter.arena_id == arena.id),
         "votes": int(s.scalar(select(func.count()).select_from(Vote).join(Battle, Battle.id == Vote.battle_id).where(Battle.arena_id == arena.id))),
+        "rerolls": int(s.scalar(select(func.count()).select_from(View).join(Battle, Battle.id == View.battle_id).where(Battle.arena_id == arena.id, View.ended == "rerolled"))),
     }

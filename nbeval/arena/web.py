@@ -2,8 +2,9 @@
 
 Voters sign in with an invite token and get a signed session cookie (HttpOnly, SameSite=Strict) that
 also carries their CSRF token; every form posts it back. A battle page shows the prompt and two
-images from per-battle random URLs, re-encoded blind (see `store.blind_png`); model names appear only
-on the reveal page, after the vote is committed. Admin endpoints (JSON, `Authorization: Bearer
+images re-encoded blind (see `store.blind_png`) under URLs made for that one view (`store.show_battle`);
+the battle is the voter's until they vote, re-roll it (rate-limited) or it expires. Model names appear
+only on the reveal page, as the arena's `reveal` mode allows (`store.reveal`). Admin endpoints (JSON, `Authorization: Bearer
 <admin key>`) create arenas, import generations, invite voters and export votes.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -36,6 +38,7 @@ from nbeval.plots import figure_data_uri
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 SESSION_COOKIE, LOGIN_COOKIE = "nbeval_session", "nbeval_login"
 SESSION_MAX_AGE_S = 12 * 3600
+log = logging.getLogger("nbeval.arena")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -51,6 +54,8 @@ class ServerConfig:
     votes_per_minute: int = 600  # per voter; a person needs far fewer, a script hammering is cut off
     logins_per_minute: int = 30  # per client address: invite tokens cannot be brute-forced quickly
     max_import_mb: int = 64
+    battle_ttl_s: int = 900  # an assigned battle not voted on within this is taken back
+    rerolls_per_minute: int = 10  # per voter: passing over battles to fish for one whose sides are known is slow
 
 
 class RateLimiter:
@@ -94,6 +99,7 @@ class ArenaBody(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     sampling: str = "uncertainty"
     image_size: int = 256
+    reveal: str = "after_vote"
 
 
 class VotersBody(BaseModel):
@@ -109,6 +115,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     signer = URLSafeTimedSerializer(secret, salt="nbeval-arena-session")
     login_signer = URLSafeTimedSerializer(secret, salt="nbeval-arena-login")
     vote_limit, login_limit = RateLimiter(config.votes_per_minute), RateLimiter(config.logins_per_minute)
+    reroll_limit = RateLimiter(config.rerolls_per_minute)
     priorities = store.PairPriorities()
     app = FastAPI(title="nbeval arena", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -129,7 +136,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def refused(request: Request, e: Refused):
         if request.url.path.startswith("/admin"):
             return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
-        return page(request, "error.html", e.status, detail=e.detail)
+        response = page(request, "error.html", e.status, detail=e.detail)
+        response.headers.update(e.headers)  # Retry-After on a 429 page too
+        return response
 
     @app.exception_handler(store.ArenaError)
     async def arena_error(request: Request, e: store.ArenaError):
@@ -197,11 +206,23 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/battle", response_class=HTMLResponse)
     def battle_page(request: Request, v: Voter = Depends(voter), s: Session = Depends(db)):
-        battle = store.next_battle(s, v, priorities, np.random.default_rng())
+        shown = store.show_battle(s, v, priorities, np.random.default_rng(), config.battle_ttl_s)
         csrf = session_of(request)["c"]
-        if battle is None:
-            return page(request, "done.html", voter=v.name, csrf=csrf)
-        return page(request, "battle.html", battle=battle, prompt=store.prompt_of(s, battle), voter=v.name, csrf=csrf)
+        if shown is None:
+            reveals = store.get_arena(s, v.arena_id).reveal != "never"
+            return page(request, "done.html", voter=v.name, voted=store.voted_battles(s, v) if reveals else [], csrf=csrf)
+        battle, view = shown
+        return page(request, "battle.html", battle=battle, view=view, prompt=store.prompt_of(s, battle), voter=v.name, csrf=csrf)
+
+    @app.post("/reroll")
+    def reroll(request: Request, csrf: str = Form(...), v: Voter = Depends(voter), s: Session = Depends(db)):
+        check_csrf(request, csrf)
+        wait = reroll_limit.retry_after(str(v.id))
+        if wait:
+            raise Refused(429, "too many re-rolls; vote on this battle or wait", {"Retry-After": str(int(wait) + 1)})
+        battle_id = store.reroll(s, v)
+        log.info("re-roll: voter %s passed over battle %s", v.id, battle_id)
+        return RedirectResponse("/battle", status_code=303)
 
     @app.post("/vote")
     def vote(request: Request, battle_id: str = Form(..., max_length=64), winner: str = Form(..., max_length=16), csrf: str = Form(...), v: Voter = Depends(voter), s: Session = Depends(db)):
@@ -215,15 +236,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/reveal/{battle_id}", response_class=HTMLResponse)
     def reveal(request: Request, battle_id: str, v: Voter = Depends(voter), s: Session = Depends(db)):
         battle = store.battle_for_voter(s, v, battle_id)
-        cast = store.vote_of(s, v, battle.id)
-        if cast is None:
-            raise Refused(403, "vote on this battle first; the models are revealed after your vote")
+        cast, view = store.reveal(s, v, battle)
         model_a, model_b = store.models_of(s, battle)
-        return page(request, "reveal.html", battle=battle, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, winner=cast.winner, csrf=session_of(request)["c"])
+        return page(request, "reveal.html", view=view, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, winner=cast.winner, csrf=session_of(request)["c"])
 
     @app.get("/i/{url_token}")
     def image(url_token: str, v: Voter = Depends(voter), s: Session = Depends(db)):
-        png = store.image_for_url(s, url_token, v.arena_id)
+        png = store.image_for_url(s, url_token, v)
         if png is None:
             raise Refused(404, "no such image")
         return Response(png, media_type="image/png")
@@ -242,13 +261,13 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/admin/arenas", dependencies=[Depends(admin)])
     def create_arena(body: ArenaBody, s: Session = Depends(db)):
-        arena = store.create_arena(s, body.name, body.sampling, body.image_size)
-        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "image_size": arena.image_size}
+        arena = store.create_arena(s, body.name, body.sampling, body.image_size, body.reveal)
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "image_size": arena.image_size, "reveal": arena.reveal}
 
     @app.get("/admin/arenas/{arena_id}", dependencies=[Depends(admin)])
     def arena_status(arena_id: str, s: Session = Depends(db)):
         arena = store.get_arena(s, arena_id)
-        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, **store.counts(s, arena)}
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "reveal": arena.reveal, **store.counts(s, arena)}
 
     @app.post("/admin/arenas/{arena_id}/generations", dependencies=[Depends(admin)])
     def import_generations(arena_id: str, body: ImportBody, s: Session = Depends(db)):

@@ -1,0 +1,165 @@
+"""Blindness across battles, against a real server: an image's URL is good for one view by one voter;
+a battle is the voter's it was shown to, expires unvoted, and cannot be voted on by anyone else;
+re-rolls are counted and throttled; a voter is never shown an image whose model they have seen, and
+reveal=end|never hold the models back. Images are told apart by prompt and bytes' hash, which are the
+same in every battle (what a voter comparing notes could use), not by URL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import pytest
+import sqlalchemy as sa
+from test_arena_security import signed_in
+
+from nbeval.arena.client import form_fields
+from nbeval.arena.loadtest import demo_generations
+
+MODELS = {"oracle": (None, 0), "oracle_blurred": ("blur", 3), "oracle_dropped": ("drop", 2)}
+
+
+def image_urls(html: str) -> list[str]:
+    return re.findall(r'src="(/i/[^"]+)"', html)
+
+
+def identities(http, html: str) -> list[tuple[str, str]]:
+    """(prompt, sha256 of the bytes) of a page's two images: an image's identity whatever its URL
+    (the hash alone is not: a blank canvas looks the same under every prompt)."""
+    prompt = re.search(r'class="prompt"[^>]*>([^<]*)<', html)[1]
+    return [(prompt, hashlib.sha256(http.get(u).content).hexdigest()) for u in image_urls(html)]
+
+
+def setup(server, reveal: str = "after_vote", prompts: int = 3, voters: tuple[str, ...] = ("alice", "bob", "carol")) -> tuple[str, dict[str, str]]:
+    arena = server.admin.create_arena(f"blind-{reveal}", sampling="uniform", reveal=reveal)
+    server.admin.import_generations(arena, demo_generations(prompts, MODELS))
+    return arena, server.admin.invite(arena, list(voters))
+
+
+def test_image_urls_are_new_each_view_and_only_for_that_voter(arena_server):
+    server = arena_server()
+    _, tokens = setup(server)
+    alice, bob, carol = (signed_in(server.url, tokens[n]) for n in ("alice", "bob", "carol"))
+    first = alice.get("/battle").text
+    again = alice.get("/battle").text  # a reload shows the same battle, not another one
+    assert form_fields(first)["battle_id"] == form_fields(again)["battle_id"]
+    old, new = image_urls(first), image_urls(again)
+    assert len(new) == 2 and not set(old) & set(new)
+    assert all(alice.get(u).status_code == 404 for u in old)  # the previous view's URLs are dead
+    assert [alice.get(u).content for u in new] != [b"", b""] and all(alice.get(u).status_code == 200 for u in new)
+    bob.get("/battle")
+    assert all(bob.get(u).status_code == 404 for u in new)  # another voter of the same arena
+    # a battle not shown to the voter cannot be voted on, by a voter who has seen nothing or anything else
+    bid = form_fields(again)["battle_id"]
+    r = carol.post("/vote", data={"battle_id": bid, "winner": "a", "csrf": form_fields(carol.get("/leaderboard").text)["csrf"]})
+    assert r.status_code == 403 and "not shown to you" in r.text
+    bob_form = form_fields(bob.get("/battle").text)
+    if bob_form["battle_id"] != bid:
+        assert bob.post("/vote", data={**bob_form, "battle_id": bid, "winner": "a"}).status_code == 403
+    assert alice.post("/vote", data={**form_fields(again), "winner": "a"}).status_code == 303
+    assert all(alice.get(u).status_code == 200 for u in image_urls(alice.get(f"/reveal/{bid}").text))
+
+
+def test_an_assigned_battle_expires_unvoted(arena_server):
+    server = arena_server(battle_ttl_s=2)
+    _, tokens = setup(server, voters=("alice",))
+    alice = signed_in(server.url, tokens["alice"])
+    html = alice.get("/battle").text
+    time.sleep(2.5)
+    assert all(alice.get(u).status_code == 404 for u in image_urls(html))
+    r = alice.post("/vote", data={**form_fields(html), "winner": "a"})
+    assert r.status_code == 410 and "expired" in r.text
+    fresh = alice.get("/battle").text  # a new assignment, votable
+    assert alice.post("/vote", data={**form_fields(fresh), "winner": "a"}).status_code == 303
+
+
+def test_rerolls_are_throttled_logged_and_not_offered_again(arena_server):
+    server = arena_server()
+    arena, tokens = setup(server, prompts=4, voters=("alice",))  # 12 battles
+    alice = signed_in(server.url, tokens["alice"])
+    passed, codes = set(), []
+    for _ in range(7):
+        form = form_fields(alice.get("/battle").text)
+        r = alice.post("/reroll", data={"csrf": form["csrf"]})
+        codes.append(r.status_code)
+        if r.status_code == 303:
+            passed.add(form["battle_id"])
+        else:
+            assert int(r.headers["retry-after"]) >= 1
+    assert codes[:5] == [303] * 5 and codes[-1] == 429  # a burst of 5, then 10 a minute
+    assert server.admin.status(arena)["rerolls"] == len(passed) == 5
+    seen = set()
+    while "battle_id" in (form := form_fields(alice.get("/battle").text)):
+        seen.add(form["battle_id"])
+        assert alice.post("/vote", data={**form, "winner": "tie"}).status_code == 303
+    assert seen and not seen & passed
+
+
+def test_a_voter_never_sees_an_image_whose_model_was_revealed_to_them(arena_server):
+    server = arena_server()
+    arena, tokens = setup(server, prompts=4, voters=("alice",))  # 4 prompts × 3 pairs: every pair shares an image with another
+    alice = signed_in(server.url, tokens["alice"])
+    known: dict[tuple[str, str], str] = {}  # image identity → model, learnt from reveals
+    votes = 0
+    while "battle_id" in (form := form_fields(html := alice.get("/battle").text)):
+        shown = identities(alice, html)
+        assert not set(shown) & known.keys(), f"battle {votes + 1} shows an image already revealed"
+        assert alice.post("/vote", data={**form, "winner": "a"}).status_code == 303
+        page = alice.get(f"/reveal/{form['battle_id']}").text
+        models = re.findall(r'id="model-[ab]">([^<]+)<', page)
+        known |= dict(zip(shown, models))
+        votes += 1
+    assert votes == 4 and len(known) == 8  # one battle per prompt: the third image of each stays unseen
+    assert server.admin.status(arena)["votes"] == 4
+
+
+@pytest.mark.parametrize("reveal", ["end", "never"])
+def test_reveals_deferred_to_the_end_or_never(arena_server, reveal):
+    server = arena_server()
+    _, tokens = setup(server, reveal=reveal, prompts=2, voters=("alice",))  # 6 battles, all votable
+    alice = signed_in(server.url, tokens["alice"])
+    voted = []
+    while "battle_id" in (form := form_fields(alice.get("/battle").text)):
+        assert alice.post("/vote", data={**form, "winner": "b"}).status_code == 303
+        r = alice.get(f"/reveal/{form['battle_id']}")
+        if len(voted) < 5:
+            assert r.status_code == 403 and not any(m in r.text for m in MODELS)
+        voted.append(form["battle_id"])
+    assert len(voted) == 6
+    done = alice.get("/battle").text
+    for bid in voted:
+        r = alice.get(f"/reveal/{bid}")
+        if reveal == "end":
+            assert f"/reveal/{bid}" in done and r.status_code == 200 and re.search(r'id="model-a">oracle', r.text)
+        else:
+            assert "/reveal/" not in done and r.status_code == 403 and not any(m in r.text for m in MODELS)
+
+
+def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_server, tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    server = arena_server(url)
+    arena, tokens = setup(server, prompts=2, voters=("alice",))
+    alice = signed_in(server.url, tokens["alice"])
+    form = form_fields(alice.get("/battle").text)
+    assert alice.post("/vote", data={**form, "winner": "a"}).status_code == 303
+    server.stop()
+    engine = sa.create_engine(url)
+    with engine.begin() as c:  # back to the schema the previous version created
+        c.execute(sa.text("DROP TABLE views"))
+        for table, column in (("arenas", "reveal"), ("votes", "revealed_at")):
+            c.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    engine.dispose()
+    server = arena_server(url)
+    assert server.admin.status(arena)["reveal"] == "after_vote"
+    alice = signed_in(server.url, tokens["alice"])
+    old = alice.get(f"/reveal/{form['battle_id']}")  # the vote from before: revealed then, revealable now
+    assert old.status_code == 200 and all(alice.get(u).status_code == 200 for u in image_urls(old.text))
+    revealed = set(identities(alice, old.text))
+    rest = 0
+    while "battle_id" in (f := form_fields(html := alice.get("/battle").text)):
+        assert not set(identities(alice, html)) & revealed
+        assert alice.post("/vote", data={**f, "winner": "b"}).status_code == 303
+        rest += 1
+    assert rest == 1 and server.admin.status(arena)["votes"] == 2
+

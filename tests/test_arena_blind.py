@@ -163,3 +163,32 @@ def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_se
         rest += 1
     assert rest == 1 and server.admin.status(arena)["votes"] == 2
 
+def test_one_prompt_per_sample_refused_at_import_and_shown_whatever_the_sides(arena_server, tmp_path):
+    server = arena_server()
+    arena = server.admin.create_arena("prompts", sampling="uniform")
+    items = demo_generations(4, {"oracle": (None, 0), "oracle_blurred": ("blur", 3)})
+    first, second = items[:4], items[4:]
+    server.admin.import_generations(arena, first[2:3])
+
+    def restyled(item: tuple) -> tuple:
+        model, sid, prompt, img = item
+        return model, sid, prompt + " (in a blurred style)", img
+
+    for bad, sid in (([*second[:2], restyled(second[2])], second[2][1]),  # against a stored sample
+                     ([first[3], restyled(second[3])], second[3][1])):  # within one request
+        with pytest.raises(RuntimeError, match=rf"409 .*sample '{sid}'"):
+            server.admin.import_generations(arena, bad)
+    assert server.admin.status(arena)["images"] == 1  # a refused import stores nothing
+    assert server.admin.import_generations(arena, items) == {"images_added": 7, "battles_added": 4}
+    # a database from before the check, holding a second prompt on the side-a image of every battle
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'arena.db'}")
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE battles SET image_a_id = image_b_id, image_b_id = image_a_id WHERE image_a_id < image_b_id"))
+        c.execute(sa.text("UPDATE images SET prompt = 'TELL ' || prompt WHERE id IN (SELECT image_a_id FROM battles)"))
+    engine.dispose()
+    alice = signed_in(server.url, server.admin.invite(arena, ["alice"])["alice"])
+    shown = set()
+    while "battle_id" in (form := form_fields(html := alice.get("/battle").text)):
+        shown.add(re.search(r'id="prompt">([^<]*)<', html)[1])
+        assert alice.post("/vote", data={**form, "winner": "a"}).status_code == 303
+    assert shown == {p for _, _, p, _ in first}

@@ -132,11 +132,17 @@ class Generation:
 def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dict[str, int]:
     """Store the images blind and pair every new one with the other models' images of its sample.
     Re-importing the same bytes is a no-op (imports can be retried); different bytes for an existing
-    (model, sample) are refused rather than silently replacing what voters already judged."""
-    added = 0
+    (model, sample) are refused rather than silently replacing what voters already judged. A sample
+    has one prompt: a generation whose prompt differs from its sample's is refused (the whole
+    import), since a battle page showing one model's prompt would tell which side that model is."""
+    added, prompts = 0, {}
     for g in items:
         if not g.model or not g.sample_id:
             raise ArenaError("every generation needs a model and a sample_id")
+        if g.sample_id not in prompts:
+            prompts[g.sample_id] = _sample_prompt(s, arena.id, g.sample_id) or g.prompt
+        if g.prompt != prompts[g.sample_id]:
+            raise Conflict(f"sample {g.sample_id!r}: {g.model}'s prompt differs from the prompt the sample was imported with")
         sha = hashlib.sha256(g.image).hexdigest()
         old = s.scalar(select(BlindImage).where(BlindImage.arena_id == arena.id, BlindImage.model == g.model, BlindImage.sample_id == g.sample_id))
         if old is not None:
@@ -149,6 +155,12 @@ def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dic
     battles = _pair_new_images(s, arena)
     s.commit()
     return {"images_added": added, "battles_added": battles}
+
+
+def _sample_prompt(s: Session, arena_id: str, sample_id: str) -> str | None:
+    """The prompt of a sample: its first-imported image's, the same whichever side that image is on."""
+    q = select(BlindImage.prompt).where(BlindImage.arena_id == arena_id, BlindImage.sample_id == sample_id)
+    return s.scalar(q.order_by(BlindImage.id).limit(1))
 
 
 def _pair_new_images(s: Session, arena: Arena) -> int:
@@ -371,7 +383,7 @@ def models_of(s: Session, battle: Battle) -> tuple[str, str]:
 
 
 def prompt_of(s: Session, battle: Battle) -> str:
-    return s.get(BlindImage, battle.image_a_id).prompt
+    return _sample_prompt(s, battle.arena_id, battle.sample_id)
 
 
 def image_for_url(s: Session, url_token: str, voter: Voter) -> bytes | None:

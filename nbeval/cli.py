@@ -158,13 +158,16 @@ ARENA_USAGE = """usage:
   nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
       ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
   nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
-                     [battle_ttl_s=900] [rerolls_per_minute=10]
+                     [battle_ttl_s=900] [rerolls_per_minute=10] [admin_failures_per_minute=10] [max_import_mb=64]
+                     [forwarded_allow_ips=ADDRESSES]
       the blind voting web app; db may be postgresql+psycopg://user@host/db. The admin key comes
       from the environment, NBEVAL_ARENA_ADMIN_KEY (16+ characters), never from the command line.
+      X-Forwarded-For/-Proto are ignored unless forwarded_allow_ips names the proxy (e.g. 127.0.0.1).
   nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256] [reveal=after_vote|end|never]
   nbeval arena import url=URL arena=ID suite=SUITE runs=RUN_DIR[,RUN_DIR…]
       put the first-turn images of finished `nbeval run` folders (one per model) into an arena
-  nbeval arena invite url=URL arena=ID names=alice,bob     (prints each voter's invite token once)
+  nbeval arena invite url=URL arena=ID names=alice,bob [expires_days=N]   (prints each voter's invite token once)
+  nbeval arena revoke url=URL arena=ID names=alice        (ends their invites and sessions)
   nbeval arena export url=URL arena=ID [out=votes.jsonl]   (then: nbeval arena leaderboard battles=votes.jsonl)
       the admin commands talk to a running server with NBEVAL_ARENA_ADMIN_KEY."""
 
@@ -198,8 +201,8 @@ def _arena_serve(argv: list[str]) -> None:
 
     from nbeval.arena.web import ServerConfig, create_app
 
-    numbers = {"votes_per_minute", "logins_per_minute", "battle_ttl_s", "rerolls_per_minute"}
-    opts, _ = parse_options(argv, {"db", "host", "port", *numbers}, usage=ARENA_USAGE)
+    numbers = {"votes_per_minute", "logins_per_minute", "battle_ttl_s", "rerolls_per_minute", "admin_failures_per_minute", "max_import_mb"}
+    opts, _ = parse_options(argv, {"db", "host", "port", "forwarded_allow_ips", *numbers}, usage=ARENA_USAGE)
     config = ServerConfig(
         db_url=opts.get("db", "sqlite:///arena.db"),
         admin_key=os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""),
@@ -210,7 +213,9 @@ def _arena_serve(argv: list[str]) -> None:
     except ValueError as e:
         print(f"nbeval arena serve: {e}", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(app, host=opts.get("host", "127.0.0.1"), port=int(opts.get("port", 8000)), server_header=False, log_level="warning")
+    proxies = opts.get("forwarded_allow_ips")  # uvicorn would trust loopback's forwarded headers by default
+    uvicorn.run(app, host=opts.get("host", "127.0.0.1"), port=int(opts.get("port", 8000)), server_header=False, log_level="warning",
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies)
 
 
 def _arena_admin(action: str, argv: list[str]) -> None:
@@ -222,7 +227,7 @@ def _arena_admin(action: str, argv: list[str]) -> None:
     from nbeval.arena.client import AdminClient, generations_from_run
 
     allowed = {"create": {"url", "name", "sampling", "image_size", "reveal"}, "import": {"url", "arena", "suite", "runs"},
-               "invite": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
+               "invite": {"url", "arena", "names", "expires_days"}, "revoke": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
     opts, _ = parse_options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"}, ARENA_USAGE)
     admin = AdminClient(opts["url"], os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""))
     try:
@@ -232,8 +237,11 @@ def _arena_admin(action: str, argv: list[str]) -> None:
             items = [g for run in opts["runs"].split(",") for g in generations_from_run(Path(run), opts["suite"])]
             print(json.dumps({"generations": len(items), **admin.import_generations(opts["arena"], items)}))
         elif action == "invite":
-            for name, token in admin.invite(opts["arena"], opts["names"].split(",")).items():
+            days = float(opts["expires_days"]) if "expires_days" in opts else None
+            for name, token in admin.invite(opts["arena"], opts["names"].split(","), days).items():
                 print(f"{name}\t{token}")
+        elif action == "revoke":
+            print(f"revoked {admin.revoke(opts['arena'], opts['names'].split(','))} voters")
         else:
             out = Path(opts.get("out", "votes.jsonl"))
             out.write_text(admin.votes_jsonl(opts["arena"]))
@@ -245,7 +253,7 @@ def _arena_admin(action: str, argv: list[str]) -> None:
 
 def _arena_cmd(argv: list[str]) -> None:
     subcommands = {"leaderboard": _arena_leaderboard, "serve": _arena_serve,
-                   **{a: lambda rest, a=a: _arena_admin(a, rest) for a in ("create", "import", "invite", "export")}}
+                   **{a: lambda rest, a=a: _arena_admin(a, rest) for a in ("create", "import", "invite", "revoke", "export")}}
     if not argv or argv[0] not in subcommands:
         print(ARENA_USAGE, file=sys.stderr if argv[:1] not in (["-h"], ["--help"]) else sys.stdout)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)

@@ -146,8 +146,9 @@ def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_se
     server.stop()
     engine = sa.create_engine(url)
     with engine.begin() as c:  # back to the schema the previous version created
-        c.execute(sa.text("DROP TABLE views"))
-        for table, column in (("arenas", "reveal"), ("votes", "revealed_at")):
+        for table in ("views", "voter_sessions"):
+            c.execute(sa.text(f"DROP TABLE {table}"))
+        for table, column in (("arenas", "reveal"), ("voters", "expires_at"), ("voters", "revoked_at"), ("votes", "revealed_at")):
             c.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     engine.dispose()
     server = arena_server(url)
@@ -162,6 +163,7 @@ def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_se
         assert alice.post("/vote", data={**f, "winner": "b"}).status_code == 303
         rest += 1
     assert rest == 1 and server.admin.status(arena)["votes"] == 2
+
 
 def test_one_prompt_per_sample_refused_at_import_and_shown_whatever_the_sides(arena_server, tmp_path):
     server = arena_server()

@@ -27,17 +27,33 @@ class AdminClient:
     def create_arena(self, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote") -> str:
         return self._ok(self.http.post("/admin/arenas", json={"name": name, "sampling": sampling, "image_size": image_size, "reveal": reveal}))["id"]
 
-    def import_generations(self, arena_id: str, items: list[tuple[str, str, str, Image.Image | bytes]], batch: int = 64) -> dict[str, int]:
-        """items: (model, sample_id, prompt, image). Sent in batches; returns summed counts."""
+    def import_generations(self, arena_id: str, items: list[tuple[str, str, str, Image.Image | bytes]], batch: int = 64, batch_mb: float = 32) -> dict[str, int]:
+        """items: (model, sample_id, prompt, image). Sent in requests of at most `batch` items and
+        `batch_mb` of base64 (the server reads no request past its max_import_mb); returns summed counts."""
         total = {"images_added": 0, "battles_added": 0}
-        for k in range(0, len(items), batch):
-            body = [{"model": m, "sample_id": sid, "prompt": p, "image_b64": base64.b64encode(_png(img)).decode()} for m, sid, p, img in items[k : k + batch]]
+        body: list[dict] = []
+
+        def send() -> None:
             got = self._ok(self.http.post(f"/admin/arenas/{arena_id}/generations", json={"generations": body}))
-            total = {key: total[key] + got[key] for key in total}
+            total.update({key: total[key] + got[key] for key in total})
+            body.clear()
+
+        for m, sid, p, img in items:
+            b64 = base64.b64encode(_png(img)).decode()
+            if body and (len(body) == batch or sum(len(g["image_b64"]) for g in body) + len(b64) > batch_mb * 2**20):
+                send()
+            body.append({"model": m, "sample_id": sid, "prompt": p, "image_b64": b64})
+        if body:
+            send()
         return total
 
-    def invite(self, arena_id: str, names: list[str]) -> dict[str, str]:
-        return {v["name"]: v["token"] for v in self._ok(self.http.post(f"/admin/arenas/{arena_id}/voters", json={"names": names}))["voters"]}
+    def invite(self, arena_id: str, names: list[str], expires_in_days: float | None = None) -> dict[str, str]:
+        body = {"names": names, "expires_in_days": expires_in_days}
+        return {v["name"]: v["token"] for v in self._ok(self.http.post(f"/admin/arenas/{arena_id}/voters", json=body))["voters"]}
+
+    def revoke(self, arena_id: str, names: list[str]) -> int:
+        """End these voters' invites and sessions; how many voters that was."""
+        return self._ok(self.http.post(f"/admin/arenas/{arena_id}/voters/revoke", json={"names": names}))["revoked"]
 
     def status(self, arena_id: str) -> dict:
         return self._ok(self.http.get(f"/admin/arenas/{arena_id}"))

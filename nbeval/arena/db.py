@@ -1,4 +1,4 @@
-"""The arena's tables (SQLAlchemy 2): arenas, blind images, battles, views, voters, votes.
+"""The arena's tables (SQLAlchemy 2): arenas, blind images, battles, views, voters, their sessions, votes.
 
 SQLite (WAL, fully synchronous) by default so a single machine needs nothing else; PostgreSQL by
 URL for a shared arena. Uniqueness that matters for honest counts — one vote per voter per battle,
@@ -97,6 +97,20 @@ class Voter(Base):
     name: Mapped[str] = mapped_column(String(200))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # the invite token itself is never stored
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # the invite, and every session it opened
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class VoterSession(Base):
+    """A signed-in browser: the cookie names the row, so signing out (or revoking the voter) ends it
+    on the server, not only in that browser."""
+
+    __tablename__ = "voter_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=opaque_id)
+    voter_id: Mapped[int] = mapped_column(ForeignKey("voters.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(32), default=opaque_id)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class View(Base):
@@ -151,6 +165,8 @@ def make_engine(url: str) -> Engine:
 # `revealed_at` existed were revealed at once (the only mode then), so they count as revealed.
 ADDED_COLUMNS = [
     ("arenas", "reveal", "VARCHAR(16) NOT NULL DEFAULT 'after_vote'", None),
+    ("voters", "expires_at", "TIMESTAMP", None),
+    ("voters", "revoked_at", "TIMESTAMP", None),
     ("votes", "revealed_at", "TIMESTAMP", "UPDATE votes SET revealed_at = created_at"),
 ]
 

@@ -27,7 +27,7 @@ from sqlalchemy import func, or_, select, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from nbeval.arena.db import Arena, Battle, BlindImage, Setting, View, Vote, Voter, now, opaque_id
+from nbeval.arena.db import Arena, Battle, BlindImage, Setting, View, Vote, Voter, VoterSession, now, opaque_id
 from nbeval.arena.ratings import OUTCOMES, leaderboard
 from nbeval.arena.sampling import pair_weights, uncertainty_draw
 
@@ -72,8 +72,8 @@ def blind_png(data: bytes, size: int) -> bytes:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as e:  # PIL raises many types for bad input
-        raise ArenaError(f"not a readable image: {e}") from e
+    except Exception as e:  # PIL raises many types for bad input; their messages hold object addresses
+        raise ArenaError("not a readable image") from e
     if rgb.size != (size, size):
         rgb = ImageOps.pad(rgb, (size, size), method=Image.Resampling.LANCZOS, color=BACKGROUND)
     pixels_only = Image.frombytes("RGB", rgb.size, rgb.tobytes())  # PIL carries `info` (ICC, EXIF…) through convert()
@@ -149,7 +149,11 @@ def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dic
             if old.source_sha256 != sha:
                 raise Conflict(f"{g.model}/{g.sample_id} was imported with other bytes")
             continue
-        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=blind_png(g.image, arena.image_size)))
+        try:
+            png = blind_png(g.image, arena.image_size)
+        except ArenaError as e:
+            raise ArenaError(f"{g.model}/{g.sample_id}: {e}") from e
+        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=png))
         added += 1
     s.flush()
     battles = _pair_new_images(s, arena)
@@ -182,19 +186,53 @@ def _pair_new_images(s: Session, arena: Arena) -> int:
     return added
 
 
-def invite(s: Session, arena: Arena, names: list[str]) -> list[tuple[str, str]]:
-    """(name, invite token) per voter. Only a hash of each token is stored: show them once."""
+def invite(s: Session, arena: Arena, names: list[str], expires_in_days: float | None = None) -> list[tuple[str, str]]:
+    """(name, invite token) per voter. Only a hash of each token is stored: show them once. With
+    `expires_in_days`, the token and every session it opened end then."""
+    expires_at = now() + dt.timedelta(days=expires_in_days) if expires_in_days is not None else None
     out = []
     for name in names:
         token = secrets.token_urlsafe(24)
-        s.add(Voter(arena_id=arena.id, name=name, token_sha256=token_sha256(token)))
+        s.add(Voter(arena_id=arena.id, name=name, token_sha256=token_sha256(token), expires_at=expires_at))
         out.append((name, token))
     s.commit()
     return out
 
 
+def revoke(s: Session, arena: Arena, names: list[str]) -> int:
+    """End the invites (and so the sessions) of the arena's voters with these names; how many."""
+    q = update(Voter).where(Voter.arena_id == arena.id, Voter.name.in_(names), Voter.revoked_at.is_(None)).values(revoked_at=now())
+    n = s.execute(q).rowcount
+    s.commit()
+    return n
+
+
+def _active(q):
+    """Only voters whose invite is neither revoked nor expired."""
+    return q.where(Voter.revoked_at.is_(None), or_(Voter.expires_at.is_(None), Voter.expires_at > now()))
+
+
 def voter_for_token(s: Session, token: str) -> Voter | None:
-    return s.scalar(select(Voter).where(Voter.token_sha256 == token_sha256(token)))
+    return s.scalar(_active(select(Voter).where(Voter.token_sha256 == token_sha256(token))))
+
+
+def open_session(s: Session, voter: Voter) -> VoterSession:
+    session = VoterSession(id=opaque_id(), voter_id=voter.id, csrf=opaque_id())
+    s.add(session)
+    s.commit()
+    return session
+
+
+def live_session(s: Session, session_id: str) -> tuple[VoterSession, Voter] | None:
+    """The session and its voter, unless it was signed out or the voter's invite ended."""
+    q = _active(select(VoterSession, Voter).join(Voter, Voter.id == VoterSession.voter_id)).where(VoterSession.id == session_id, VoterSession.revoked_at.is_(None))
+    row = s.execute(q).first()
+    return (row[0], row[1]) if row else None
+
+
+def end_session(s: Session, session: VoterSession) -> None:
+    session.revoked_at = now()
+    s.commit()
 
 
 ImageA, ImageB = aliased(BlindImage), aliased(BlindImage)

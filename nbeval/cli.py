@@ -163,7 +163,7 @@ ARENA_USAGE = """usage:
       the blind voting web app; db may be postgresql+psycopg://user@host/db. The admin key comes
       from the environment, NBEVAL_ARENA_ADMIN_KEY (16+ characters), never from the command line.
       X-Forwarded-For/-Proto are ignored unless forwarded_allow_ips names the proxy (e.g. 127.0.0.1).
-  nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256] [reveal=after_vote|end|never]
+  nbeval arena create url=URL name=NAME [sampling=uncertainty|uniform] [image_size=256] [reveal=after_vote|end|never] [aspect=refuse|crop]
   nbeval arena import url=URL arena=ID suite=SUITE runs=RUN_DIR[,RUN_DIR…]
       put the first-turn images of finished `nbeval run` folders (one per model) into an arena
   nbeval arena invite url=URL arena=ID names=alice,bob [expires_days=N]   (prints each voter's invite token once)
@@ -226,13 +226,14 @@ def _arena_admin(action: str, argv: list[str]) -> None:
 
     from nbeval.arena.client import AdminClient, generations_from_run
 
-    allowed = {"create": {"url", "name", "sampling", "image_size", "reveal"}, "import": {"url", "arena", "suite", "runs"},
+    allowed = {"create": {"url", "name", "sampling", "image_size", "reveal", "aspect"}, "import": {"url", "arena", "suite", "runs"},
                "invite": {"url", "arena", "names", "expires_days"}, "revoke": {"url", "arena", "names"}, "export": {"url", "arena", "out"}}[action]
     opts, _ = parse_options(argv, allowed, allowed & {"url", "name", "arena", "suite", "runs", "names"}, ARENA_USAGE)
     admin = AdminClient(opts["url"], os.environ.get("NBEVAL_ARENA_ADMIN_KEY", ""))
     try:
         if action == "create":
-            print(admin.create_arena(opts["name"], opts.get("sampling", "uncertainty"), int(opts.get("image_size", 256)), opts.get("reveal", "after_vote")))
+            print(admin.create_arena(opts["name"], opts.get("sampling", "uncertainty"), int(opts.get("image_size", 256)), opts.get("reveal", "after_vote"),
+                                     opts.get("aspect", "refuse")))
         elif action == "import":
             items = [g for run in opts["runs"].split(",") for g in generations_from_run(Path(run), opts["suite"])]
             print(json.dumps({"generations": len(items), **admin.import_generations(opts["arena"], items)}))

@@ -7,11 +7,14 @@ same in every battle (what a voter comparing notes could use), not by URL."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import time
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 from test_arena_security import signed_in
 
 from nbeval.arena.client import form_fields
@@ -148,7 +151,8 @@ def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_se
     with engine.begin() as c:  # back to the schema the previous version created
         for table in ("views", "voter_sessions"):
             c.execute(sa.text(f"DROP TABLE {table}"))
-        for table, column in (("arenas", "reveal"), ("voters", "expires_at"), ("voters", "revoked_at"), ("votes", "revealed_at")):
+        old_columns = (("arenas", "reveal"), ("arenas", "aspect"), ("images", "width"), ("images", "height"), ("voters", "expires_at"), ("voters", "revoked_at"), ("votes", "revealed_at"))
+        for table, column in old_columns:
             c.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     engine.dispose()
     server = arena_server(url)
@@ -194,3 +198,21 @@ def test_one_prompt_per_sample_refused_at_import_and_shown_whatever_the_sides(ar
         shown.add(re.search(r'id="prompt">([^<]*)<', html)[1])
         assert alice.post("/vote", data={**form, "winner": "a"}).status_code == 303
     assert shown == {p for _, _, p, _ in first}
+
+
+def test_images_shaped_unlike_their_sample_are_refused_or_cropped(arena_server):
+    server = arena_server()
+
+    def pair(sample: str, size_b: tuple[int, int]) -> list[tuple]:
+        return [("wide", sample, f"prompt {sample}", Image.new("RGB", size_b, "blue")), ("square", sample, f"prompt {sample}", Image.new("RGB", (256, 256), "red"))]
+
+    refuse = server.admin.create_arena("aspect-refuse")
+    assert server.admin.import_generations(refuse, pair("s1", (512, 512)))["images_added"] == 2  # another size, the same shape
+    with pytest.raises(RuntimeError, match=r"409 .*sample 's2': square's image is 256x256, wide's 320x240"):
+        server.admin.import_generations(refuse, pair("s2", (320, 240)))
+    crop = server.admin.create_arena("aspect-crop", aspect="crop")
+    assert server.admin.import_generations(crop, pair("s2", (320, 240)))["images_added"] == 2
+    alice = signed_in(server.url, server.admin.invite(crop, ["alice"])["alice"])
+    for u in image_urls(alice.get("/battle").text):  # no letterbox bars: every pixel is the image's colour
+        pixels = np.asarray(Image.open(io.BytesIO(alice.get(u).content)))
+        assert pixels.shape == (256, 256, 3) and len(np.unique(pixels.reshape(-1, 3), axis=0)) == 1

@@ -24,8 +24,9 @@ class AdminClient:
             raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
 
-    def create_arena(self, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote") -> str:
-        return self._ok(self.http.post("/admin/arenas", json={"name": name, "sampling": sampling, "image_size": image_size, "reveal": reveal}))["id"]
+    def create_arena(self, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote", aspect: str = "refuse") -> str:
+        body = {"name": name, "sampling": sampling, "image_size": image_size, "reveal": reveal, "aspect": aspect}
+        return self._ok(self.http.post("/admin/arenas", json=body))["id"]
 
     def import_generations(self, arena_id: str, items: list[tuple[str, str, str, Image.Image | bytes]], batch: int = 64, batch_mb: float = 32) -> dict[str, int]:
         """items: (model, sample_id, prompt, image). Sent in requests of at most `batch` items and

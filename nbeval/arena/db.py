@@ -56,6 +56,7 @@ class Arena(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     sampling: Mapped[str] = mapped_column(String(16), default="uncertainty")  # or "uniform" (audits)
     reveal: Mapped[str] = mapped_column(String(16), default="after_vote")  # | end | never (see store.REVEALS)
+    aspect: Mapped[str] = mapped_column(String(8), default="refuse")  # | crop (see store.ASPECTS)
     image_size: Mapped[int] = mapped_column(Integer, default=256)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
 
@@ -71,6 +72,8 @@ class BlindImage(Base):
     sample_id: Mapped[str] = mapped_column(String(200))
     prompt: Mapped[str] = mapped_column(Text)
     source_sha256: Mapped[str] = mapped_column(String(64))  # of the bytes as imported
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)  # as imported (None: imported before sizes were kept)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     png: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -165,6 +168,9 @@ def make_engine(url: str) -> Engine:
 # `revealed_at` existed were revealed at once (the only mode then), so they count as revealed.
 ADDED_COLUMNS = [
     ("arenas", "reveal", "VARCHAR(16) NOT NULL DEFAULT 'after_vote'", None),
+    ("arenas", "aspect", "VARCHAR(8) NOT NULL DEFAULT 'refuse'", None),
+    ("images", "width", "INTEGER", None),
+    ("images", "height", "INTEGER", None),
     ("voters", "expires_at", "TIMESTAMP", None),
     ("voters", "revoked_at", "TIMESTAMP", None),
     ("votes", "revealed_at", "TIMESTAMP", "UPDATE votes SET revealed_at = created_at"),

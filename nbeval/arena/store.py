@@ -32,6 +32,11 @@ from nbeval.arena.ratings import OUTCOMES, leaderboard
 from nbeval.arena.sampling import pair_weights, uncertainty_draw
 
 BACKGROUND = (128, 128, 128)  # letterbox colour for non-square images
+# what to do with images of one sample whose aspect ratios differ, which letterbox bars would show
+# (one model's images barred, the other's not, says which is which): refuse them at import, or
+# centre-crop every image of the arena to a square, so that no image has bars
+ASPECTS = ("refuse", "crop")
+ASPECT_TOLERANCE = 0.01  # relative difference of width/height below which two images count as one shape
 # when a voter learns which models made a battle's images: after their vote, once they have voted on
 # every battle offered to them, or never (votes only; the admin export still names the models)
 REVEALS = ("after_vote", "end", "never")
@@ -63,23 +68,27 @@ class Expired(ArenaError):
     status = 410
 
 
-def blind_png(data: bytes, size: int) -> bytes:
+def blind_png(data: bytes, size: int, crop: bool = False) -> tuple[bytes, tuple[int, int]]:
     """Re-encode an image so that nothing about it but its pixels survives: no EXIF, no PNG text, no
-    ICC profile, the same width and height for every image (letterboxed to `size`²), and an
-    uncompressed PNG whose byte length is therefore the same for every image, so even the file size
-    says nothing about which model made it."""
+    ICC profile, the same width and height for every image (letterboxed to `size`², or centre-cropped
+    to it with `crop`), and an uncompressed PNG whose byte length is therefore the same for every
+    image, so even the file size says nothing about which model made it. Returns it with the
+    source's (width, height), which the import compares within a sample."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")
     except Exception as e:  # PIL raises many types for bad input; their messages hold object addresses
         raise ArenaError("not a readable image") from e
-    if rgb.size != (size, size):
+    source = rgb.size
+    if crop:
+        rgb = ImageOps.fit(rgb, (size, size), method=Image.Resampling.LANCZOS)
+    elif rgb.size != (size, size):
         rgb = ImageOps.pad(rgb, (size, size), method=Image.Resampling.LANCZOS, color=BACKGROUND)
     pixels_only = Image.frombytes("RGB", rgb.size, rgb.tobytes())  # PIL carries `info` (ICC, EXIF…) through convert()
     out = io.BytesIO()
     pixels_only.save(out, format="PNG", compress_level=0)
-    return out.getvalue()
+    return out.getvalue(), source
 
 
 def token_sha256(token: str) -> str:
@@ -99,16 +108,18 @@ def setting(s: Session, key: str, make) -> str:
     return row.value
 
 
-def create_arena(s: Session, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote") -> Arena:
+def create_arena(s: Session, name: str, sampling: str = "uncertainty", image_size: int = 256, reveal: str = "after_vote", aspect: str = "refuse") -> Arena:
     if sampling not in ("uncertainty", "uniform"):
         raise ArenaError("sampling must be 'uncertainty' or 'uniform'")
     if reveal not in REVEALS:
         raise ArenaError(f"reveal must be one of {REVEALS}")
+    if aspect not in ASPECTS:
+        raise ArenaError(f"aspect must be one of {ASPECTS}")
     if not 32 <= image_size <= 1024:
         raise ArenaError("image_size must be within 32..1024")
     if s.scalar(select(Arena).where(Arena.name == name)) is not None:
         raise Conflict(f"an arena named {name!r} exists")
-    arena = Arena(id=opaque_id(), name=name, sampling=sampling, image_size=image_size, reveal=reveal)
+    arena = Arena(id=opaque_id(), name=name, sampling=sampling, image_size=image_size, reveal=reveal, aspect=aspect)
     s.add(arena)
     s.commit()
     return arena
@@ -134,7 +145,8 @@ def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dic
     Re-importing the same bytes is a no-op (imports can be retried); different bytes for an existing
     (model, sample) are refused rather than silently replacing what voters already judged. A sample
     has one prompt: a generation whose prompt differs from its sample's is refused (the whole
-    import), since a battle page showing one model's prompt would tell which side that model is."""
+    import), since a battle page showing one model's prompt would tell which side that model is.
+    Likewise, in an aspect=refuse arena, an image whose aspect ratio differs from its sample's."""
     added, prompts = 0, {}
     for g in items:
         if not g.model or not g.sample_id:
@@ -150,15 +162,28 @@ def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dic
                 raise Conflict(f"{g.model}/{g.sample_id} was imported with other bytes")
             continue
         try:
-            png = blind_png(g.image, arena.image_size)
+            png, (w, h) = blind_png(g.image, arena.image_size, crop=arena.aspect == "crop")
         except ArenaError as e:
             raise ArenaError(f"{g.model}/{g.sample_id}: {e}") from e
-        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=png))
+        if arena.aspect == "refuse":
+            _check_aspect(s, arena, g, w, h)
+        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=png, width=w, height=h))
         added += 1
     s.flush()
     battles = _pair_new_images(s, arena)
     s.commit()
     return {"images_added": added, "battles_added": battles}
+
+
+def _check_aspect(s: Session, arena: Arena, g: Generation, w: int, h: int) -> None:
+    """Refuse an image shaped unlike its sample's other images (their letterbox bars would differ)."""
+    q = select(BlindImage.model, BlindImage.width, BlindImage.height).where(
+        BlindImage.arena_id == arena.id, BlindImage.sample_id == g.sample_id, BlindImage.width.is_not(None)
+    )
+    other = s.execute(q.limit(1)).first()
+    if other and abs((w / h) / (other.width / other.height) - 1) > ASPECT_TOLERANCE:
+        raise Conflict(f"sample {g.sample_id!r}: {g.model}'s image is {w}x{h}, {other.model}'s {other.width}x{other.height}; their letterbox bars "
+                       "would tell the models apart (create the arena with aspect=crop to centre-crop every image to a square)")
 
 
 def _sample_prompt(s: Session, arena_id: str, sample_id: str) -> str | None:

@@ -157,6 +157,7 @@ class ArenaBody(BaseModel):
     sampling: str = "uncertainty"
     image_size: int = 256
     reveal: str = "after_vote"
+    aspect: str = "refuse"
 
 
 class VotersBody(BaseModel):
@@ -329,13 +330,13 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/admin/arenas")
     def create_arena(body: ArenaBody, s: Session = Depends(db)):
-        arena = store.create_arena(s, body.name, body.sampling, body.image_size, body.reveal)
-        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "image_size": arena.image_size, "reveal": arena.reveal}
+        arena = store.create_arena(s, body.name, body.sampling, body.image_size, body.reveal, body.aspect)
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "image_size": arena.image_size, "reveal": arena.reveal, "aspect": arena.aspect}
 
     @app.get("/admin/arenas/{arena_id}")
     def arena_status(arena_id: str, s: Session = Depends(db)):
         arena = store.get_arena(s, arena_id)
-        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "reveal": arena.reveal, **store.counts(s, arena)}
+        return {"id": arena.id, "name": arena.name, "sampling": arena.sampling, "reveal": arena.reveal, "aspect": arena.aspect, **store.counts(s, arena)}
 
     @app.post("/admin/arenas/{arena_id}/generations")
     def import_generations(arena_id: str, body: ImportBody, s: Session = Depends(db)):

@@ -156,6 +156,7 @@ def _cache_cmd(argv: list[str]) -> None:
 
 ARENA_USAGE = """usage:
   nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
+                           [ci=bootstrap|sandwich] [weighting=none|inverse_frequency]
       ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
   nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
                      [battle_ttl_s=900] [rerolls_per_minute=10] [admin_failures_per_minute=10] [max_import_mb=64]
@@ -173,13 +174,15 @@ ARENA_USAGE = """usage:
 
 
 def _arena_leaderboard(argv: list[str]) -> None:
-    opts, _ = parse_options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow"}, {"battles"}, ARENA_USAGE)
+    opts, _ = parse_options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow", "ci", "weighting"}, {"battles"}, ARENA_USAGE)
     from nbeval.arena.publish import log_to_mlflow, plot_ratings
     from nbeval.arena.ratings import leaderboard, read_battles
     from nbeval.plots import plt
 
     battles = read_battles(opts["battles"])
-    board = leaderboard(battles, int(opts.get("rounds", 100)), int(opts.get("seed", 0)), opts.get("anchor"), float(opts.get("anchor_rating", 1000)))
+    ci = opts.get("ci", "bootstrap")
+    board = leaderboard(battles, int(opts.get("rounds", 100)), int(opts.get("seed", 0)), opts.get("anchor"), float(opts.get("anchor_rating", 1000)),
+                        weighting=opts.get("weighting", "none"), ci=ci)
     out = Path(opts.get("out", "arena_leaderboard"))
     out.mkdir(parents=True, exist_ok=True)
     board.to_csv(out / "leaderboard.csv", index=False)
@@ -188,7 +191,8 @@ def _arena_leaderboard(argv: list[str]) -> None:
     fig.savefig(out / "ratings.png", dpi=100)
     plt.close(fig)
     print(board.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {opts.get('rounds', 100)} bootstrap rounds; written to {out}/ (leaderboard.csv, .json, ratings.png)")
+    how = f"{opts.get('rounds', 100)} bootstrap rounds" if ci == "bootstrap" else "the sandwich covariance"
+    print(f"{len(battles)} battles, {len(board)} models; 95% CIs from {how}; written to {out}/ (leaderboard.csv, .json, ratings.png)")
     if _is_true(opts.get("mlflow", "true")):
         run_id = log_to_mlflow(board, battles, opts, out)
         print(f"MLflow run {run_id} (experiment nbeval-arena)")

@@ -42,7 +42,8 @@ def test_fit_matches_plain_logistic_regression():
     assert np.abs(board.loc[models, "rating"].to_numpy() - ref).max() < 0.01
 
 
-def test_true_ratings_fall_inside_95_percent_cis_about_95_percent_of_the_time():
+@pytest.mark.parametrize("ci", ["bootstrap", "sandwich"])
+def test_true_ratings_fall_inside_95_percent_cis_about_95_percent_of_the_time(ci):
     # No ties here: ties drawn independently of strength pull every rating towards the mean, so the
     # truth of a tie-free Bradley–Terry world is what the intervals must cover.
     rng = np.random.default_rng(0)
@@ -50,12 +51,39 @@ def test_true_ratings_fall_inside_95_percent_cis_about_95_percent_of_the_time():
     for sim in range(40):
         true = rng.normal(0, 120, 8)
         centred = true - true.mean() + 1000
-        board = leaderboard(simulate(true, 3000, seed=sim, tie_rate=0), rounds=200, seed=sim).set_index("model")
+        board = leaderboard(simulate(true, 3000, seed=sim, tie_rate=0), rounds=200, seed=sim, ci=ci).set_index("model")
         names = [f"m{k}" for k in range(8)]
         lo, hi = board.loc[names, "ci_low"].to_numpy(), board.loc[names, "ci_high"].to_numpy()
         inside += int(((lo <= centred) & (centred <= hi)).sum())
         total += len(names)
     assert 0.90 <= inside / total <= 0.99, inside / total
+
+
+def test_sandwich_intervals_are_as_wide_as_the_bootstrap_ones_where_the_model_holds():
+    battles = simulate(np.array([0.0, 80, -120, 200, 30, -60]), 20_000, seed=2)
+    for anchor in (None, "m3"):
+        boot, sandwich = (leaderboard(battles, rounds=400, anchor=anchor, ci=ci).set_index("model") for ci in ("bootstrap", "sandwich"))
+        assert (sandwich["rating"] == boot["rating"]).all()
+        free = boot.index != anchor
+        ratio = (sandwich["ci_high"] - sandwich["ci_low"])[free] / (boot["ci_high"] - boot["ci_low"])[free]
+        assert ratio.between(0.85, 1.15).all(), ratio
+    with pytest.raises(ValueError, match="ci must be"):
+        leaderboard(battles, ci="wald")
+
+
+def test_inverse_frequency_weighting_undoes_a_pair_sampled_ten_times_as_often():
+    # m0 upsets the strongest model m3 in every battle of theirs: the more that pair is sampled, the
+    # more it moves the unweighted fit; weighted by inverse pair frequency, every pair counts alike
+    battles = simulate(np.array([0.0, 80, -120, 200]), 6000, seed=8)
+    pair = (battles["model_a"] + battles["model_b"]).isin(["m0m3", "m3m0"])
+    battles.loc[pair, "winner"] = np.where(battles.loc[pair, "model_a"] == "m0", "a", "b")
+    oversampled = pd.concat([battles, *[battles[pair]] * 9], ignore_index=True)
+    weighted = [leaderboard(b, rounds=20, weighting="inverse_frequency").set_index("model")["rating"] for b in (battles, oversampled)]
+    plain = [leaderboard(b, rounds=20).set_index("model")["rating"] for b in (battles, oversampled)]
+    assert (weighted[0] - weighted[1]).abs().max() < 0.01
+    assert (plain[0] - plain[1]).abs().max() > 50
+    with pytest.raises(ValueError, match="weighting must be"):
+        leaderboard(battles, weighting="by_voter")
 
 
 def test_anchor_and_order():
@@ -108,6 +136,18 @@ def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix)
     assert list(csv.columns) == ["model", "rating", "ci_low", "ci_high", "battles"]
     assert list(csv["model"]) == ["m2", "m1", "m0"] and (csv["ci_low"] <= csv["rating"]).all()
     assert json.loads((tmp_path / "board" / "leaderboard.json").read_text())[0]["model"] == "m2"
+
+
+def test_cli_sandwich_intervals_and_inverse_frequency_weighting(tmp_path):
+    battles = simulate(np.array([0.0, 100, 250]), 3000, seed=5)
+    battles.to_csv(tmp_path / "battles.csv", index=False)
+    r = run_cli(["arena", "leaderboard", f"battles={tmp_path / 'battles.csv'}", f"out={tmp_path / 'board'}", "ci=sandwich", "weighting=inverse_frequency", "mlflow=false"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "95% CIs from the sandwich covariance" in r.stdout
+    csv = pd.read_csv(tmp_path / "board" / "leaderboard.csv").set_index("model")
+    expected = leaderboard(battles, weighting="inverse_frequency", ci="sandwich").set_index("model")
+    assert list(csv.columns) == ["rating", "ci_low", "ci_high", "battles"]
+    assert np.allclose(csv[["rating", "ci_low", "ci_high"]], expected.loc[csv.index, ["rating", "ci_low", "ci_high"]])
 
 
 def test_cli_usage_errors(tmp_path):

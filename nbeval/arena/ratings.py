@@ -7,6 +7,12 @@ together as one batched Newton iteration — no per-replicate optimiser, no proc
 
 Ties (and "both bad") count as half a win for each side. Ratings are on the Elo scale
 (400 / ln 10 per unit of log-odds), anchored by fixing one model's rating or the mean rating.
+
+Beside the bootstrap, LMArena's closed-form intervals: the sandwich (robust) covariance of the fit,
+H⁻¹ M H⁻¹ with H the Fisher information and M the summed outer products of per-battle scores, which
+stays honest when Bradley–Terry is not quite the truth and costs one m × m solve (`ci="sandwich"`). LMArena also
+reweights battles by the inverse frequency of their pair (`weighting="inverse_frequency"`), so pairs
+that were sampled more often do not dominate the fit.
 """
 
 from __future__ import annotations
@@ -124,6 +130,45 @@ def to_ratings(strengths: np.ndarray, models: list[str], anchor: str | None = No
     return r - r[..., [models.index(anchor)]] + anchor_rating
 
 
+WEIGHTINGS = ("none", "inverse_frequency")
+CI_METHODS = ("bootstrap", "sandwich")
+
+
+def pair_weights(agg: Aggregated, weighting: str) -> np.ndarray:
+    """A factor per unique row: 1, or N / (P · n_pair) for inverse_frequency (every unordered pair
+    then weighs N / P in all, P pairs and N battles, so the total weight stays N)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}")
+    if weighting == "none":
+        return np.ones(len(agg.i))
+    m = len(agg.models)
+    pair = np.minimum(agg.i, agg.j) * m + np.maximum(agg.i, agg.j)
+    codes, inverse = np.unique(pair, return_inverse=True)
+    per_pair = np.bincount(inverse, weights=agg.count)
+    return agg.count.sum() / (len(codes) * per_pair[inverse])
+
+
+def sandwich_se(agg: Aggregated, strengths: np.ndarray, factor: np.ndarray, anchor: int | None = None) -> np.ndarray:
+    """Standard errors of the ratings (Elo points) from the sandwich covariance H⁻¹ M H⁻¹ of the
+    log-strengths (model 0 fixed, as in the fit; each battle of a row weighted by its `factor`),
+    carried through the anchoring."""
+    m = len(agg.models)
+    d = strengths[agg.i] - strengths[agg.j]
+    p = 1 / (1 + np.exp(-d))
+    h, meat = np.zeros((m, m)), np.zeros((m, m))
+    for mat, v in ((h, agg.count * factor * p * (1 - p)), (meat, agg.count * factor**2 * (agg.y - p) ** 2)):
+        np.add.at(mat, (agg.i, agg.i), v)
+        np.add.at(mat, (agg.j, agg.j), v)
+        np.add.at(mat, (agg.i, agg.j), -v)
+        np.add.at(mat, (agg.j, agg.i), -v)
+    bread = np.linalg.inv(h[1:, 1:] + 1e-9 * np.eye(m - 1))
+    cov = np.zeros((m, m))
+    cov[1:, 1:] = bread @ meat[1:, 1:] @ bread
+    shift = np.full((m, m), 1 / m) if anchor is None else np.outer(np.ones(m), np.eye(m)[anchor])
+    t = SCALE * (np.eye(m) - shift)
+    return np.sqrt(np.clip(np.diag(t @ cov @ t.T), 0, None))
+
+
 def bootstrap_weights(agg: Aggregated, rounds: int, seed: int) -> np.ndarray:
     """Resampling all battles with replacement = multinomial counts over the unique rows (rounds × rows)."""
     n = int(agg.count.sum())
@@ -137,13 +182,26 @@ def leaderboard(
     anchor: str | None = None,
     anchor_rating: float = 1000.0,
     confidence: float = 0.95,
+    weighting: str = "none",
+    ci: str = "bootstrap",
 ) -> pd.DataFrame:
-    """model, rating, ci_low, ci_high, battles — sorted best first. CIs: percentile bootstrap over battles."""
+    """model, rating, ci_low, ci_high, battles — sorted best first. CIs: percentile bootstrap over
+    battles (`rounds`, `seed`), or `ci="sandwich"`: rating ± z · sandwich standard error."""
+    from scipy.stats import norm
+
+    if ci not in CI_METHODS:
+        raise ValueError(f"ci must be one of {CI_METHODS}")
     agg = aggregate(battles)
-    point = to_ratings(fit_strengths(agg, agg.count)[0], agg.models, anchor, anchor_rating)
-    boot = to_ratings(fit_strengths(agg, bootstrap_weights(agg, rounds, seed)), agg.models, anchor, anchor_rating)
+    factor = pair_weights(agg, weighting)
+    strengths = fit_strengths(agg, agg.count * factor)[0]
+    point = to_ratings(strengths, agg.models, anchor, anchor_rating)
     alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    if ci == "bootstrap":
+        boot = to_ratings(fit_strengths(agg, bootstrap_weights(agg, rounds, seed) * factor), agg.models, anchor, anchor_rating)
+        lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    else:
+        half = norm.ppf(1 - alpha) * sandwich_se(agg, strengths, factor, None if anchor is None else agg.models.index(anchor))
+        lo, hi = point - half, point + half
     per_model = np.zeros(len(agg.models))
     np.add.at(per_model, agg.i, agg.count)
     np.add.at(per_model, agg.j, agg.count)

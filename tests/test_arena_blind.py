@@ -139,8 +139,9 @@ def test_reveals_deferred_to_the_end_or_never(arena_server, reveal):
             assert "/reveal/" not in done and r.status_code == 403 and not any(m in r.text for m in MODELS)
 
 
-def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_server, tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_server, tmp_path, request, db):
+    url = f"sqlite:///{tmp_path / 'old.db'}" if db == "sqlite" else request.getfixturevalue("postgres_url")
     server = arena_server(url)
     arena, tokens = setup(server, prompts=2, voters=("alice",))
     alice = signed_in(server.url, tokens["alice"])

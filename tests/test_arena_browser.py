@@ -42,8 +42,13 @@ def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, br
     choices = ["a", "b", "tie", "both_bad", "a"]
     for choice in choices:
         assert page.inner_text("#prompt")
-        for side in ("a", "b"):  # both images really loaded and decoded
+        for side in ("a", "b"):  # both images really loaded and decoded; a click shows one large, "close" undoes it
             assert page.eval_on_selector(f"#image-{side}", "img => img.complete && img.naturalWidth") == 256
+            width = page.eval_on_selector(f"#image-{side}", "img => img.getBoundingClientRect().width")
+            page.click(f"#image-{side}")
+            assert page.eval_on_selector(f"#image-{side}", "img => img.getBoundingClientRect().width") > 1.5 * width
+            page.click(f"#side-{side} .close")
+            assert page.eval_on_selector(f"#image-{side}", "img => img.getBoundingClientRect().width") == width
         assert not any(m in page.content() for m in MODELS)
         page.click(f"#vote-{choice}")
         page.wait_for_url("**/reveal/**")

@@ -156,7 +156,8 @@ def _cache_cmd(argv: list[str]) -> None:
 
 ARENA_USAGE = """usage:
   nbeval arena leaderboard battles=FILE [out=DIR] [anchor=MODEL] [anchor_rating=1000] [rounds=100] [seed=0] [mlflow=true|false]
-                           [ci=bootstrap|sandwich] [weighting=none|inverse_frequency]
+                           [ci=bootstrap|sandwich] [weighting=none|inverse_frequency] [by=COLUMN]
+      by=suite (or a column of tag lists): also one leaderboard per category, leaderboard_by_<column>.csv
       ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
   nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
                      [battle_ttl_s=900] [rerolls_per_minute=10] [admin_failures_per_minute=10] [max_import_mb=64]
@@ -174,18 +175,23 @@ ARENA_USAGE = """usage:
 
 
 def _arena_leaderboard(argv: list[str]) -> None:
-    opts, _ = parse_options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow", "ci", "weighting"}, {"battles"}, ARENA_USAGE)
+    opts, _ = parse_options(argv, {"battles", "out", "anchor", "anchor_rating", "rounds", "seed", "mlflow", "ci", "weighting", "by"}, {"battles"}, ARENA_USAGE)
     from nbeval.arena.publish import log_to_mlflow, plot_ratings
-    from nbeval.arena.ratings import leaderboard, read_battles
+    from nbeval.arena.ratings import leaderboard, leaderboards_by, read_battles
     from nbeval.plots import plt
 
     battles = read_battles(opts["battles"])
     ci = opts.get("ci", "bootstrap")
-    board = leaderboard(battles, int(opts.get("rounds", 100)), int(opts.get("seed", 0)), opts.get("anchor"), float(opts.get("anchor_rating", 1000)),
-                        weighting=opts.get("weighting", "none"), ci=ci)
+    options = {"rounds": int(opts.get("rounds", 100)), "seed": int(opts.get("seed", 0)), "anchor": opts.get("anchor"),
+               "anchor_rating": float(opts.get("anchor_rating", 1000)), "weighting": opts.get("weighting", "none"), "ci": ci}
+    board = leaderboard(battles, **options)
     out = Path(opts.get("out", "arena_leaderboard"))
     out.mkdir(parents=True, exist_ok=True)
     board.to_csv(out / "leaderboard.csv", index=False)
+    if "by" in opts:
+        by = leaderboards_by(battles, opts["by"], **{**options, "anchor": None})  # mean-anchored: an anchor model may miss a category
+        by.to_csv(out / f"leaderboard_by_{opts['by']}.csv", index=False)
+        print(f"per {opts['by']}: {', '.join(map(str, by['category'].unique()))} (leaderboard_by_{opts['by']}.csv)")
     (out / "leaderboard.json").write_text(board.to_json(orient="records", indent=2))
     fig = plot_ratings(board)
     fig.savefig(out / "ratings.png", dpi=100)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from nbeval.arena.ratings import SCALE, leaderboard, normalise_battles, online_elo, pair_matrices, predicted_win_probability
+from nbeval.arena.ratings import SCALE, leaderboard, leaderboards_by, normalise_battles, online_elo, pair_matrices, predicted_win_probability
 
 from conftest import run_cli
 
@@ -148,6 +148,28 @@ def test_cli_sandwich_intervals_and_inverse_frequency_weighting(tmp_path):
     expected = leaderboard(battles, weighting="inverse_frequency", ci="sandwich").set_index("model")
     assert list(csv.columns) == ["rating", "ci_low", "ci_high", "battles"]
     assert np.allclose(csv[["rating", "ci_low", "ci_high"]], expected.loc[csv.index, ["rating", "ci_low", "ci_high"]])
+
+
+def test_per_category_leaderboards_by_suite_and_by_tag(tmp_path):
+    # m1 is the better model on counting and the worse one on text: one board would hide both
+    counting = simulate(np.array([0.0, 200]), 2000, seed=9).assign(suite="counting", tags=[["count", "colour"]] * 2000)
+    text = simulate(np.array([200.0, 0]), 2000, seed=10).assign(suite="text", tags=[["text"]] * 2000)
+    battles = pd.concat([counting, text], ignore_index=True)
+    by_suite = leaderboards_by(battles, "suite", rounds=20).set_index(["category", "model"])
+    assert by_suite.loc[("counting", "m1"), "rating"] - by_suite.loc[("counting", "m0"), "rating"] > 150
+    assert by_suite.loc[("text", "m0"), "rating"] - by_suite.loc[("text", "m1"), "rating"] > 150
+    alone = leaderboard(counting, rounds=20).set_index("model")
+    assert np.allclose(by_suite.loc["counting", "rating"], alone.loc[by_suite.loc["counting"].index, "rating"])
+    by_tag = leaderboards_by(battles, "tags", rounds=20)
+    assert sorted(by_tag["category"].unique()) == ["colour", "count", "text"] and (by_tag["battles"] == 2000).all()
+    with pytest.raises(ValueError, match="no column 'topic'"):
+        leaderboards_by(battles, "topic")
+    battles.to_parquet(tmp_path / "battles.parquet")
+    r = run_cli(["arena", "leaderboard", f"battles={tmp_path / 'battles.parquet'}", f"out={tmp_path / 'board'}", "by=suite", "rounds=20", "mlflow=false"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "per suite: counting, text" in r.stdout
+    written = pd.read_csv(tmp_path / "board" / "leaderboard_by_suite.csv")
+    assert list(written.columns) == ["category", "model", "rating", "ci_low", "ci_high", "battles"] and len(written) == 4
 
 
 def test_cli_usage_errors(tmp_path):

@@ -209,6 +209,25 @@ def leaderboard(
     return board.sort_values("rating", ascending=False, ignore_index=True)
 
 
+def leaderboards_by(battles: pd.DataFrame, column: str, **options) -> pd.DataFrame:
+    """LMArena's per-category leaderboards: one `leaderboard(**options)` per value of `column` (a suite),
+    or per element where it holds lists (tags: a battle counts in each of its tags); columns
+    category + the leaderboard's. Categories with battles of fewer than two models are left out."""
+    if column not in battles.columns:
+        raise ValueError(f"battles have no column {column!r} to group by; columns: {sorted(battles.columns)}")
+    listed = battles[column].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any()
+    rows = (battles.explode(column) if listed else battles).dropna(subset=[column])
+    boards = [
+        leaderboard(group, **options).assign(category=category)
+        for category, group in rows.groupby(column, sort=True)
+        if pd.concat([group["model_a"], group["model_b"]]).nunique() >= 2
+    ]
+    if not boards:
+        raise ValueError(f"no value of {column!r} has battles between two models")
+    board = pd.concat(boards, ignore_index=True)
+    return board[["category", *board.columns.drop("category")]]
+
+
 def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -> dict[str, float]:
     """Sequential Elo in battle order, for comparison with the order-free Bradley–Terry fit."""
     ratings: dict[str, float] = {}

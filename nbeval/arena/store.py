@@ -418,27 +418,30 @@ def vote_of(s: Session, voter: Voter, battle_id: str) -> Vote | None:
     return s.scalar(select(Vote).where(Vote.battle_id == battle_id, Vote.voter_id == voter.id))
 
 
-def reveal(s: Session, voter: Voter, battle: Battle) -> tuple[Vote, View]:
-    """The voter's vote on `battle` and a view of it under new URLs, if the arena lets them see its
-    models now: after_vote at once, end once no battle is left for them (then all their votes are
-    revealed together), never not at all."""
+def reveal(s: Session, voter: Voter, battle: Battle) -> tuple[Vote, View, str | None]:
+    """The voter's vote on `battle`, a view of it under new URLs, and why its models are withheld
+    (None once the arena lets them see the models: after_vote at once, end once no battle is left
+    for them, then all their votes together, never not at all). The page is the vote's
+    acknowledgement either way."""
     vote = vote_of(s, voter, battle.id)
     if vote is None:
         raise Forbidden("vote on this battle first; the models are revealed after your vote")
+    withheld = None
     if vote.revealed_at is None:
         mode = s.get(Arena, voter.arena_id).reveal
         if mode == "never":
-            raise Forbidden("this arena does not reveal which model made which image")
-        if _candidates(s, voter):
-            raise Forbidden("the models are revealed once you have voted on every battle")
-        s.execute(update(Vote).where(Vote.voter_id == voter.id, Vote.revealed_at.is_(None)).values(revealed_at=now()))
+            withheld = "This arena does not show which model made which image."
+        elif _candidates(s, voter):
+            withheld = "Which model made which image is shown once you have voted on every battle."
+        else:
+            s.execute(update(Vote).where(Vote.voter_id == voter.id, Vote.revealed_at.is_(None)).values(revealed_at=now()))
     view = s.scalar(select(View).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended == "voted"))
     if view is None:  # a vote cast before views existed
         view = View(battle_id=battle.id, voter_id=voter.id, expires_at=now(), ended="voted")
         s.add(view)
     _fresh_urls(view)
     s.commit()
-    return vote, view
+    return vote, view, withheld
 
 
 def models_of(s: Session, battle: Battle) -> tuple[str, str]:

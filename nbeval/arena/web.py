@@ -305,9 +305,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/reveal/{battle_id}", response_class=HTMLResponse)
     def reveal(request: Request, battle_id: str, v: Voter = Depends(voter), s: Session = Depends(db)):
         battle = store.battle_for_voter(s, v, battle_id)
-        cast, view = store.reveal(s, v, battle)
-        model_a, model_b = store.models_of(s, battle)
-        return page(request, "reveal.html", view=view, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, winner=cast.winner, csrf=csrf_of(request))
+        cast, view, withheld = store.reveal(s, v, battle)
+        model_a, model_b = store.models_of(s, battle) if withheld is None else (None, None)
+        return page(request, "reveal.html", view=view, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, withheld=withheld,
+                    winner=cast.winner, csrf=csrf_of(request))
 
     @app.get("/i/{url_token}")
     def image(url_token: str, v: Voter = Depends(voter), s: Session = Depends(db)):

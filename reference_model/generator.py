@@ -1,6 +1,7 @@
 """The generator: one transformer over [prompt bytes | plan | image tokens], MAR-style masked generation.
 
-- Image tokens are the tokenizer's 16×16×16 latents patched 2×2: 64 tokens of 64 numbers.
+- Image tokens are the tokenizer's latents patched (its `Geometry`): for the shipped checkpoint 16×16×16
+  latents patched 2×2, 64 tokens of 64 numbers.
 - The prefix (prompt bytes, then one token per planned word, character and object) attends only to
   itself, so at sampling it is computed once per image and cached; image tokens attend to everything.
 - Planned positions and image-token positions share one Fourier embedding, so an image token can find
@@ -28,12 +29,9 @@ from reference_model import plan
 from reference_model.data import Example
 from reference_model.diffloss import DiffusionHead, RegressionHead
 from reference_model.glyph import glyph_tokens
-from reference_model.tokenizer import IMAGE_SIZE, Tokenizer, patchify, to_tensor
+from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_tensor
 from reference_model.transformer import Block, fourier_xy
 
-GRID = 8  # image tokens per side
-N_TOKENS = GRID * GRID
-TOKEN_DIM = 64
 MAX_PROMPT_BYTES = 128
 MAX_PREFIX = 1 + MAX_PROMPT_BYTES + 96
 BYTE_BASE, PLAN_BASE = 1, 257  # index 0 of the embedding table is padding
@@ -91,27 +89,28 @@ def collate_prefix(batch: list[list]) -> Prefix:
     return Prefix(ids, xy, has_xy, types, pad)
 
 
-def token_centres() -> torch.Tensor:
-    idx = torch.arange(N_TOKENS)
-    return torch.stack([(idx % GRID + 0.5) / GRID, (idx // GRID + 0.5) / GRID], dim=-1)
+def token_centres(grid: int) -> torch.Tensor:
+    idx = torch.arange(grid * grid)
+    return torch.stack([(idx % grid + 0.5) / grid, (idx // grid + 0.5) / grid], dim=-1)
 
 
 class Generator(nn.Module):
-    def __init__(self, dim: int = 192, depth: int = 6, heads: int = 6, head_width: int = 256, head_depth: int = 3) -> None:
+    def __init__(self, geometry: Geometry = Geometry(), dim: int = 192, depth: int = 6, heads: int = 6, head_width: int = 256, head_depth: int = 3) -> None:
         super().__init__()
+        self.n_tokens, self.token_dim = geometry.n_tokens, geometry.token_dim
         self.table = nn.Embedding(TABLE, dim, padding_idx=0)
         self.types = nn.Embedding(4, dim)
         self.order = nn.Embedding(MAX_PREFIX, dim)
         self.where = nn.Linear(64, dim)  # Fourier (x, y) → dim, shared by plan items and image tokens
-        self.image_pos = nn.Parameter(torch.zeros(N_TOKENS, dim))
-        self.token_in = nn.Linear(TOKEN_DIM, dim)
-        self.glyph_in = nn.Linear(TOKEN_DIM, dim)
+        self.image_pos = nn.Parameter(torch.zeros(self.n_tokens, dim))
+        self.token_in = nn.Linear(self.token_dim, dim)
+        self.glyph_in = nn.Linear(self.token_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = DiffusionHead(TOKEN_DIM, dim, head_width, head_depth)
-        self.regression_head = RegressionHead(TOKEN_DIM, dim, head_width)
-        self.register_buffer("centres", token_centres(), persistent=False)
+        self.head = DiffusionHead(self.token_dim, dim, head_width, head_depth)
+        self.regression_head = RegressionHead(self.token_dim, dim, head_width)
+        self.register_buffer("centres", token_centres(geometry.grid), persistent=False)
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -125,7 +124,7 @@ class Generator(nn.Module):
         return x + self.glyph_in(glyphs) + self.image_pos + self.where(fourier_xy(self.centres)) + self.types.weight[TYPE_IMAGE]
 
     def forward(self, p: Prefix, tokens: torch.Tensor, revealed: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
-        """Training pass over the whole sequence; returns the image tokens' outputs (B, 64, dim)."""
+        """Training pass over the whole sequence; returns the image tokens' outputs (B, n_tokens, dim)."""
         x = torch.cat([self.embed_prefix(p), self.embed_image(tokens, revealed, glyphs)], dim=1)
         n_pre = p.pad.shape[1]
         keys_ok = torch.cat([~p.pad, torch.ones_like(revealed)], dim=1)  # (B, L)
@@ -160,7 +159,7 @@ class Generator(nn.Module):
         """Images rendered from the plan's own (quantised) scene, so plan, glyphs and pixels agree."""
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
         scenes = [plan.quantise(e.scene) for e in examples]
-        target = patchify(tokenizer.encode(to_tensor([render(s, IMAGE_SIZE) for s in scenes]).to(device)))
+        target = tokenizer.to_tokens(to_tensor([render(s, IMAGE_SIZE) for s in scenes]).to(device))
         glyphs = glyph_tokens(scenes, tokenizer)
         items = []
         for i, (e, s) in enumerate(zip(examples, scenes)):
@@ -177,8 +176,8 @@ class Generator(nn.Module):
                     glyphs[i] = 0
         # MaskGIT/MAR cosine schedule over the share of masked tokens; at least one token masked.
         u = torch.rand(len(examples), generator=gen)
-        n_mask = (torch.cos(u * math.pi / 2) * N_TOKENS).ceil().clamp(1, N_TOKENS)
-        ranks = torch.rand(len(examples), N_TOKENS, generator=gen).argsort(1).argsort(1)
+        n_mask = (torch.cos(u * math.pi / 2) * self.n_tokens).ceil().clamp(1, self.n_tokens)
+        ranks = torch.rand(len(examples), self.n_tokens, generator=gen).argsort(1).argsort(1)
         revealed = ranks >= n_mask[:, None]
         return {"prefix": collate_prefix(items).to(device), "target": target, "glyphs": glyphs, "revealed": revealed.to(device)}
 
@@ -193,12 +192,12 @@ class Generator(nn.Module):
     # --- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prefix: Prefix, glyphs: torch.Tensor, gens: list[torch.Generator], known: torch.Tensor | None = None, keep: torch.Tensor | None = None, steps: int = 8, head_steps: int = 10, temperature: float = 1.0, cfg_scale: float = 1.0, head: str = "diffusion") -> torch.Tensor:
-        """Tokens (B, 64, 64); `keep` (B, 64) marks tokens of `known` to keep (editing).
+        """Tokens (B, n_tokens, token_dim); `keep` (B, n_tokens) marks tokens of `known` to keep (editing).
 
         Every random draw of image i comes from `gens[i]`, so an image does not depend on its batch."""
         b, device = glyphs.shape[0], glyphs.device
-        tokens = known.clone() if known is not None else torch.zeros(b, N_TOKENS, TOKEN_DIM, device=device)
-        revealed = keep.clone() if keep is not None else torch.zeros(b, N_TOKENS, dtype=torch.bool, device=device)
+        tokens = known.clone() if known is not None else torch.zeros(b, self.n_tokens, self.token_dim, device=device)
+        revealed = keep.clone() if keep is not None else torch.zeros(b, self.n_tokens, dtype=torch.bool, device=device)
         cache = self.prefix_cache(prefix)
         guided = cfg_scale != 1.0
         if guided:
@@ -206,7 +205,7 @@ class Generator(nn.Module):
             null_cache = self.prefix_cache(null)
         sampler = self.head if head == "diffusion" else self.regression_head
         # Each image's own random order over its unknown tokens, revealed on a cosine schedule.
-        orders = [torch.randperm(N_TOKENS, generator=g) for g in gens]
+        orders = [torch.randperm(self.n_tokens, generator=g) for g in gens]
         orders = [o[~revealed[i].cpu()[o]] for i, o in enumerate(orders)]
         done = [0] * b
         for s in range(steps):
@@ -219,7 +218,7 @@ class Generator(nn.Module):
                 continue
             z = self.image_pass(cache, prefix.pad, tokens, revealed, glyphs)[rows, cols]
             z_u = self.image_pass(null_cache, null.pad, tokens, revealed, torch.zeros_like(glyphs))[rows, cols] if guided else None
-            noise = torch.cat([torch.randn(len(pk), TOKEN_DIM, generator=g) for pk, g in zip(picks, gens)]).to(device) * temperature
+            noise = torch.cat([torch.randn(len(pk), self.token_dim, generator=g) for pk, g in zip(picks, gens)]).to(device) * temperature
             tokens[rows, cols] = sampler.sample(z, noise, head_steps, cfg_scale, z_u)
             revealed[rows, cols] = True
         return tokens

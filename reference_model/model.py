@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from nbeval.world import Scene
 from nbeval.world.edits import changed_boxes
 from reference_model import plan
-from reference_model.generator import GRID, Generator, collate_prefix, prefix_items
+from reference_model.generator import Generator, collate_prefix, prefix_items
 from reference_model.glyph import glyph_tokens
 from reference_model.planner import Planner
-from reference_model.tokenizer import IMAGE_SIZE, Tokenizer, patchify, to_images, to_tensor, unpatchify
+from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_images, to_tensor
 
 PLAN_MODES = ("learned", "none", "truth")
 HEADS = ("diffusion", "regression")
@@ -55,12 +55,12 @@ def image_key(img: Image.Image) -> str:
     return hashlib.sha256(img.convert("RGB").tobytes() + repr(img.size).encode()).hexdigest()
 
 
-def changed_tokens(before: Scene, after: Scene) -> torch.Tensor:
-    """(64,) bool: token cells touched by anything the new plan added, removed, moved or changed."""
-    mask = torch.zeros(GRID, GRID, dtype=torch.bool)
+def changed_tokens(before: Scene, after: Scene, grid: int = Geometry().grid) -> torch.Tensor:
+    """(grid²,) bool: token cells touched by anything the new plan added, removed, moved or changed."""
+    mask = torch.zeros(grid, grid, dtype=torch.bool)
     for x0, y0, x1, y1 in changed_boxes(before, after):
-        c0, c1 = int(x0 * GRID), int(min(0.999, x1) * GRID)
-        r0, r1 = int(y0 * GRID), int(min(0.999, y1) * GRID)
+        c0, c1 = int(x0 * grid), int(min(0.999, x1) * grid)
+        r0, r1 = int(y0 * grid), int(min(0.999, y1) * grid)
         mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask.flatten()
 
@@ -78,7 +78,9 @@ class ReferenceModel:
             raise FileNotFoundError(f"reference model checkpoint {path} not found")
         tensors = load_file(str(path))
         meta = json.loads(path.with_suffix(".json").read_text())
-        parts = {"tokenizer": Tokenizer(), "planner": Planner(), "generator": Generator()}
+        # The geometry the tokenizer stage trained with; checkpoints from before it was configurable have none.
+        geometry = Geometry.from_dict(meta["stages"]["tokenizer"]["config"].get("geometry"))
+        parts = {"tokenizer": Tokenizer(geometry), "planner": Planner(), "generator": Generator(geometry)}
         for name, module in parts.items():
             state = {k[len(name) + 1 :]: v.float() for k, v in tensors.items() if k.startswith(name + ".")}
             module.load_state_dict(state)
@@ -110,7 +112,7 @@ class ReferenceModel:
             steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
             cfg_scale=settings.cfg_scale, head=settings.head,
         )
-        return to_images(self.tokenizer.decode(unpatchify(tokens)))
+        return to_images(self.tokenizer.from_tokens(tokens))
 
     def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
         """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
@@ -140,8 +142,8 @@ class ReferenceModel:
         tokens, scene = self._plan_for(instructions[-1], seed + len(instructions), settings, truth, previous)
         known = keep = None
         if settings.edit_context and previous is not None and scene is not None:
-            known = patchify(self.tokenizer.encode(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device)))
-            keep = ~changed_tokens(plan.decode(previous), scene)[None].to(self.device)
+            known = self.tokenizer.to_tokens(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device))
+            keep = ~changed_tokens(plan.decode(previous), scene, self.tokenizer.geometry.grid)[None].to(self.device)
         (img,) = self._draw([instructions[-1]], [scene], [seed + len(instructions)], settings, known, keep)
         img = _resize(img, size)
         if tokens is not None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nbeval.world import render
 from reference_model import data
-from reference_model.tokenizer import IMAGE_SIZE, Tokenizer, to_tensor
+from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_tensor
 
 STAGES = ("tokenizer", "decoder", "planner", "generator")
 
@@ -37,8 +37,9 @@ def load_tokenizer(out_dir: Path, device: str) -> Tokenizer:
     ckpt = out_dir / "tokenizer.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} missing: train the tokenizer stage first")
-    tok = Tokenizer()
-    tok.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    tok = Tokenizer(Geometry.from_dict(saved["config"].get("geometry")))
+    tok.load_state_dict(saved["model"])
     return tok.to(device).eval().requires_grad_(False)
 
 
@@ -46,7 +47,7 @@ class TokenizerStage:
     name = "tokenizer"
 
     def __init__(self, cfg: DictConfig, out_dir: Path, device: str) -> None:
-        self.model = Tokenizer().to(device)
+        self.model = Tokenizer(Geometry.from_dict(cfg.preset.tokenizer.get("geometry"))).to(device)
         self.device = device
 
     def step_loss(self, rng: random.Random, cfg: DictConfig) -> tuple[torch.Tensor, dict]:
@@ -102,7 +103,7 @@ class GeneratorStage:
         from reference_model.generator import Generator
 
         self.tokenizer = load_tokenizer(out_dir, device)
-        self.model = Generator().to(device)
+        self.model = Generator(self.tokenizer.geometry).to(device)
         self.device = device
 
     def step_loss(self, rng: random.Random, cfg: DictConfig) -> tuple[torch.Tensor, dict]:

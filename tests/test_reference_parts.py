@@ -11,12 +11,17 @@ import time
 import pytest
 import torch
 
-from nbeval.world import Scene, Shape, Word
+from nbeval.world import Scene, Shape, Word, render
 from nbeval.world.layout import MARGIN, shape_box, word_box
 from reference_model import data, plan
-from reference_model.model import changed_tokens
+from reference_model.export import CHECKPOINTS
+from reference_model.generator import Generator, collate_prefix, prefix_items
+from reference_model.glyph import glyph_tokens
+from reference_model.model import ReferenceModel, changed_tokens
 from reference_model.planner import Planner
-from reference_model.tokenizer import patchify, unpatchify
+from reference_model.tokenizer import Geometry, Tokenizer, patchify, to_tensor, unpatchify
+
+SHIPPED = CHECKPOINTS / "reference-cpu.safetensors"
 
 
 def test_plan_round_trip_keeps_everything_prompts_ask_for():
@@ -79,6 +84,37 @@ def test_patchify_is_inverted_by_unpatchify():
     tokens = patchify(x)
     assert tokens.shape == (3, 64, 64)
     assert torch.equal(unpatchify(tokens), x)
+
+
+def test_a_finer_geometry_flows_from_tokenizer_through_generator():
+    """4× downsampling to 32×32×8, patched 2×2: 256 tokens of 32 numbers, end to end on real scenes."""
+    g = Geometry(widths=(16, 32, 64), channels=8, patch=2)
+    assert (g.latent_side, g.grid, g.n_tokens, g.token_dim) == (32, 16, 256, 32)
+    torch.manual_seed(0)
+    tok = Tokenizer(g).eval()
+    rng = random.Random(0)
+    scenes = [data.random_scene(rng)[0] for _ in range(2)]
+    tokens = tok.to_tokens(to_tensor([render(s, 128) for s in scenes]))
+    assert tokens.shape == (2, 256, 32)
+    gen = Generator(g, dim=32, depth=1, heads=2, head_width=32, head_depth=1).eval()
+    prefix = collate_prefix([prefix_items("two red circles", s) for s in scenes])
+    out = gen.sample(prefix, glyph_tokens(scenes, tok), [torch.Generator().manual_seed(i) for i in range(2)], steps=2, head_steps=2)
+    assert out.shape == (2, 256, 32) and tok.from_tokens(out).shape == (2, 3, 128, 128)
+    assert changed_tokens(Scene(), Scene(shapes=(Shape("circle", "red", "small", 0.5, 0.5),)), g.grid).shape == (256,)
+
+
+def test_sketch_tokens_are_zero_for_an_empty_plan_and_mark_a_planned_shape():
+    """The thought image (glyph canvas with `sketch`) through the shipped tokenizer: nothing planned is
+    exactly zero; a planned shape lights up its own token and hardly a far one; without `sketch` the
+    canvas is the shipped glyph canvas, which draws no shapes."""
+    tok = ReferenceModel.load(SHIPPED).tokenizer
+    grid = tok.geometry.grid
+    shape = Scene(shapes=(Shape("square", "red", "medium", 0.25, 0.25),))
+    empty, marked, glyphs_only = (glyph_tokens([s], tok, sketch=k)[0] for s, k in ((Scene(), True), (shape, True), (shape, False)))
+    assert not empty.any() and not glyphs_only.any()
+    norms = marked.norm(dim=-1).reshape(grid, grid)
+    here, far = norms[grid // 4, grid // 4], norms[-1, -1]
+    assert here > 0 and here > 10 * far
 
 
 def test_planner_loss_falls_in_a_few_cpu_steps():

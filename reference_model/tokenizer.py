@@ -57,7 +57,6 @@ class Geometry:
         return self.channels * self.patch**2
 
 
-
 class ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()

@@ -5,6 +5,8 @@
 - The indexes live in one SQLite database (WAL mode, busy timeout): several processes and several
   runs can read and write at once, and each entry is committed as soon as its work is done, so a run
   killed halfway resumes without redoing anything already finished.
+- Weight files' digests are memoised beside them (`file_digest`), by (path, size, mtime): 90 MB of
+  OCR weights are hashed once, not on every run, and again as soon as either changes.
 - Generations are keyed by (model fingerprint, sample key + image size, turn) — the model is part of the key, so
   one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
   sha256, truth hash). Only successes are cached; a failure is retried on the next run.
@@ -35,6 +37,43 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (scorer_fp, image_sha256, truth_hash)
 );
 """
+
+
+DIGESTS = "digests"
+
+
+def default_cache_dir() -> Path:
+    """The run config's default `cache_dir` (conf/config.yaml), for code that runs without a config."""
+    return Path(os.environ.get("NBEVAL_CACHE_DIR") or Path(os.environ.get("HOME", ".")) / ".cache" / "nbeval")
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", memo_dir: str | os.PathLike | None = None) -> str:
+    """`algorithm` digest of a file's bytes, memoised on disk by (resolved path, size, mtime): weights
+    checked on every run are read once, and read again when their size or mtime changes. One small
+    JSON file per (path, algorithm), replaced atomically, so concurrent runs share it; a memo that
+    cannot be written only costs the hash next time."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = {"path": str(path), "algorithm": algorithm, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    memo = Path(memo_dir or default_cache_dir() / DIGESTS).expanduser()
+    entry = memo / f"{hashlib.sha256(f'{algorithm}:{path}'.encode()).hexdigest()[:32]}.json"
+    try:
+        known = json.loads(entry.read_text())
+        if {k: known.get(k) for k in stamp} == stamp:
+            return known["digest"]
+    except (OSError, ValueError, KeyError):
+        pass
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, algorithm).hexdigest()
+    try:
+        memo.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=memo, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stamp | {"digest": digest}, f)
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return digest
 
 
 def encode_png(img: Image.Image) -> bytes:

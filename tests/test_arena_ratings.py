@@ -1,6 +1,8 @@
 """Bradley–Terry ratings against known truth, a plain reference fit, and FastChat's battle schema."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,11 +109,53 @@ def test_matrices_elo_and_predictions_agree_with_data():
     assert elo["m1"] > elo["m0"]
 
 
+def _fastchat():
+    """FastChat's rating code as vendored for the benchmark (verbatim, benchmarks/fastchat_rating_systems.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import fastchat_rating_systems
+
+    return fastchat_rating_systems
+
+
+def test_ratings_equal_fastchats_compute_bt_on_raw_fastchat_battles():
+    true = np.random.default_rng(11).normal(0, 150, 12)
+    battles = simulate(true, 60_000, seed=11)
+    winner = battles["winner"].map({"a": "model_a", "b": "model_b", "tie": "tie"})
+    winner[::37] = "tie (bothbad)"
+    raw = battles.assign(winner=winner)  # FastChat's schema, pandas' default string columns
+    theirs = _fastchat().compute_bt(raw)
+    ours = leaderboard(raw, rounds=5).set_index("model")["rating"]
+    assert sorted(ours.index) == sorted(theirs.index)
+    offset_free = (ours - ours.mean()) - (theirs[ours.index] - theirs.mean())
+    assert offset_free.abs().max() <= 0.01, offset_free.abs().max()
+    # categoricals, object columns and skips (left out of the fit) give the very same board
+    categorical = raw.astype({"model_a": "category", "model_b": "category", "winner": "category"})
+    with_skips = pd.concat([raw, raw.head(500).assign(winner="skip")], ignore_index=True).astype(object)
+    for other in (categorical, with_skips, normalise_battles(raw)):
+        pd.testing.assert_frame_equal(leaderboard(other, rounds=5), leaderboard(raw, rounds=5))
+
+
+def test_bootstrap_cis_match_fastchats_compute_bootstrap_bt():
+    battles = simulate(np.array([0.0, 80, -120, 200, 30]), 20_000, seed=12)
+    raw = battles.assign(winner=battles["winner"].map({"a": "model_a", "b": "model_b", "tie": "tie"}))
+    boot = _fastchat().compute_bootstrap_bt(raw, num_round=400, num_cpu=1)
+    ours = leaderboard(raw, rounds=400, seed=3).set_index("model")
+    shift = ours["rating"].mean() - boot.median()[ours.index].mean()
+    width = ours["ci_high"] - ours["ci_low"]
+    theirs = boot.quantile(0.975) - boot.quantile(0.025)
+    assert ((width / theirs[ours.index]) - 1).abs().max() < 0.15
+    assert ((ours["ci_low"] - shift) - boot.quantile(0.025)[ours.index]).abs().max() < 0.2 * width.max()
+
+
 def test_bad_battles_are_refused():
     with pytest.raises(ValueError, match="unknown winner"):
         normalise_battles(pd.DataFrame({"model_a": ["x"], "model_b": ["y"], "winner": ["draw"]}))
     with pytest.raises(ValueError, match="lack columns"):
         normalise_battles(pd.DataFrame({"model_a": ["x"], "winner": ["a"]}))
+    with pytest.raises(ValueError, match="against itself"):
+        leaderboard(pd.DataFrame({"model_a": ["x", "x"], "model_b": ["y", "x"], "winner": ["a", "b"]}))
+    with pytest.raises(ValueError, match="missing model"):
+        leaderboard(pd.DataFrame({"model_a": ["x", None], "model_b": ["y", "x"], "winner": ["a", "b"]}))
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])

@@ -1,9 +1,10 @@
 """Bradley–Terry ratings from pairwise battles, with bootstrap confidence intervals, and online Elo.
 
-Battles are aggregated to unique (model_a, model_b, outcome) counts, so a million battles among 50
-models become a few thousand weighted rows. The maximum-likelihood fit is Newton's method on that
-small problem, and all bootstrap replicates (multinomial reweightings of the unique rows) are solved
-together as one batched Newton iteration — no per-replicate optimiser, no process pool.
+Battles are aggregated to unique (unordered pair, outcome) counts, so a million battles among 50
+models become at most 3 × 1,225 weighted rows, and the fit only needs each pair's battles and summed
+score. The maximum-likelihood fit is Newton's method on that small problem, and all bootstrap
+replicates (multinomial reweightings of the unique rows, i.e. resampling battles) are solved together
+as one batched Newton iteration — no per-replicate optimiser, no process pool.
 
 Ties (and "both bad") count as half a win for each side. Ratings are on the Elo scale
 (400 / ln 10 per unit of log-odds), anchored by fixing one model's rating or the mean rating.
@@ -18,6 +19,7 @@ that were sampled more often do not dominate the fit.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,9 @@ SCALE = 400 / math.log(10)
 OUTCOMES = ("a", "b", "tie", "both_bad")
 _FASTCHAT_WINNERS = {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"}
 SCORE_OF_A = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # ties count as half a win
+SKIP = "skip"  # a voter could not tell: kept with the battle, reported, left out of the fit
+WINNERS = (*OUTCOMES, SKIP)
+_SCORE2 = np.array([2 * SCORE_OF_A[o] for o in OUTCOMES] + [-1], dtype=np.int64)  # per WINNERS index; -1: skip
 
 
 def win_probability(rating_a, rating_b):
@@ -35,20 +40,49 @@ def win_probability(rating_a, rating_b):
     return 1 / (1 + 10 ** ((np.asarray(rating_b) - np.asarray(rating_a)) / 400))
 
 
-def normalise_battles(df: pd.DataFrame) -> pd.DataFrame:
-    """Our battle schema or FastChat/LMArena's (`winner` ∈ model_a, model_b, tie, tie (bothbad)) →
-    columns model_a, model_b, winner ∈ {a, b, tie, both_bad} (other columns kept)."""
+def _winner_codes(winner: pd.Series) -> np.ndarray:
+    """Each battle's index into WINNERS; factorising first, so the million-row column is hashed once
+    and only its few distinct values are looked at as strings."""
+    codes, uniques = pd.factorize(winner, use_na_sentinel=False)
+    names = [_FASTCHAT_WINNERS.get(str(u), str(u)) for u in uniques]
+    bad = sorted(set(names) - set(WINNERS))
+    if bad:
+        raise ValueError(f"unknown winner values {bad[:5]}; expected {WINNERS} or FastChat's {tuple(_FASTCHAT_WINNERS)}")
+    return np.array([WINNERS.index(n) for n in names] or [0], dtype=np.int8)[codes]
+
+
+def _model_codes(battles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Integer codes of model_a and model_b over the sorted model names (one hash pass over both columns)."""
+    n = len(battles)
+    codes, uniques = pd.factorize(pd.concat([battles["model_a"], battles["model_b"]], ignore_index=True), sort=True)
+    if (codes < 0).any():
+        raise ValueError("battles have a missing model name")
+    i, j = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
+    same = i == j
+    if same.any():
+        raise ValueError(f"{int(same.sum())} battles pit a model against itself")
+    return i, j, [str(u) for u in uniques]
+
+
+def _check_columns(df: pd.DataFrame) -> None:
     missing = {"model_a", "model_b", "winner"} - set(df.columns)
     if missing:
         raise ValueError(f"battles lack columns {sorted(missing)}; need model_a, model_b, winner")
-    winner = df["winner"].astype(str).map(lambda w: _FASTCHAT_WINNERS.get(w, w))
-    bad = sorted(set(winner) - set(OUTCOMES))
-    if bad:
-        raise ValueError(f"unknown winner values {bad[:5]}; expected {OUTCOMES} or FastChat's {tuple(_FASTCHAT_WINNERS)}")
-    same = df["model_a"] == df["model_b"]
-    if same.any():
-        raise ValueError(f"{int(same.sum())} battles pit a model against itself")
-    return df.assign(winner=winner, model_a=df["model_a"].astype(str), model_b=df["model_b"].astype(str))
+
+
+def normalise_battles(df: pd.DataFrame) -> pd.DataFrame:
+    """Our battle schema or FastChat/LMArena's (`winner` ∈ model_a, model_b, tie, tie (bothbad)) →
+    columns model_a, model_b (categoricals over the model names), winner ∈ {a, b, tie, both_bad, skip}
+    (other columns kept). Each string column is hashed once into integer codes; no per-row string work."""
+    _check_columns(df)
+    winner = _winner_codes(df["winner"])
+    i, j, models = _model_codes(df)
+    categories = pd.CategoricalDtype(models)
+    return df.assign(
+        winner=pd.Categorical.from_codes(winner, categories=WINNERS),
+        model_a=pd.Categorical.from_codes(i, dtype=categories),
+        model_b=pd.Categorical.from_codes(j, dtype=categories),
+    )
 
 
 def read_battles(path: str | Path) -> pd.DataFrame:
@@ -67,7 +101,8 @@ def read_battles(path: str | Path) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Aggregated:
-    """Unique (i, j) pairs with i's score y ∈ {0, ½, 1} and how many battles had it."""
+    """Unique (i, j, y) rows, i < j, with i's score y ∈ {0, ½, 1} and how many battles had it; sorted
+    by (i, j), so the rows of one pair are adjacent. Skips are not rows."""
 
     models: list[str]
     i: np.ndarray
@@ -77,42 +112,52 @@ class Aggregated:
 
 
 def aggregate(battles: pd.DataFrame) -> Aggregated:
-    n = len(battles)
-    codes, uniques = pd.factorize(pd.concat([battles["model_a"], battles["model_b"]], ignore_index=True), sort=True)
-    models, m = [str(u) for u in uniques], len(uniques)
-    i, j = codes[:n].astype(np.int64), codes[n:].astype(np.int64)
-    outcome = pd.Categorical(battles["winner"], categories=OUTCOMES).codes
-    y2 = (2 * np.array([SCORE_OF_A[o] for o in OUTCOMES])).astype(np.int64)[outcome]  # 2 × a's score
-    counts = np.bincount((i * m + j) * 3 + y2, minlength=m * m * 3)
+    """Raw battles (either schema, strings or categoricals) → the unique-row table the fit works on.
+
+    A battle (b, a) that b won is the battle (a, b) that a lost, so each unordered pair has at most
+    three rows (lost, tied, won), whatever the number of battles."""
+    _check_columns(battles)
+    score2 = _SCORE2[_winner_codes(battles["winner"])]
+    i, j, models = _model_codes(battles)
+    kept = score2 >= 0
+    if not kept.all():
+        i, j, score2 = i[kept], j[kept], score2[kept]
+    m = len(models)
+    swap = i > j
+    lo, hi = np.where(swap, j, i), np.where(swap, i, j)
+    counts = np.bincount((lo * m + hi) * 3 + np.where(swap, 2 - score2, score2), minlength=m * m * 3)
     (code,) = np.nonzero(counts)
     return Aggregated(models, code // 3 // m, code // 3 % m, (code % 3) / 2, counts[code].astype(float))
 
 
-def fit_strengths(agg: Aggregated, weights: np.ndarray, iters: int = 100, tol: float = 1e-9) -> np.ndarray:
+def fit_strengths(agg: Aggregated, weights: np.ndarray, start: np.ndarray | None = None, iters: int = 100, tol: float = 1e-7) -> np.ndarray:
     """Bradley–Terry log-strengths for each row of `weights` (B × rows), batched Newton.
 
-    Gradient and Hessian come from sparse incidence matrices, so a step costs O(B · rows + B · m³).
-    Model 0's strength is fixed at 0 (the likelihood only sees differences); re-anchor afterwards.
-    A tiny ridge keeps models with no wins or no losses finite instead of running off to ±∞.
+    The likelihood only needs, per unordered pair, its battles and i's summed score, so rows are
+    first summed to pairs (≤ m(m−1)/2 whatever the battles); a step is then O(B · pairs + B · m³)
+    dense work. `start` (m,) warm-starts every replicate, e.g. bootstrap ones from the point fit,
+    which they differ from little. Model 0's strength is fixed at 0 (the likelihood only sees
+    differences); re-anchor afterwards. A tiny ridge keeps models with no wins or no losses finite
+    instead of running off to ±∞.
     """
-    from scipy import sparse
-
     w = np.atleast_2d(weights)
-    b, m, n = w.shape[0], len(agg.models), len(agg.i)
-    rows = np.arange(n)
-    # d (s_i - s_j) / d s: +1 at i, -1 at j
-    incidence = sparse.csr_matrix((np.r_[np.ones(n), -np.ones(n)], (np.r_[rows, rows], np.r_[agg.i, agg.j])), shape=(n, m))
-    # each row's curvature lands on H[i,i], H[j,j] (+) and H[i,j], H[j,i] (−)
-    cells = np.r_[agg.i * m + agg.i, agg.j * m + agg.j, agg.i * m + agg.j, agg.j * m + agg.i]
-    spread = sparse.csr_matrix((np.r_[np.ones(2 * n), -np.ones(2 * n)], (np.tile(rows, 4), cells)), shape=(n, m * m))
-    s = np.zeros((b, m))
+    b, m = w.shape[0], len(agg.models)
+    first = np.flatnonzero(np.r_[True, np.diff(agg.i * m + agg.j) != 0])
+    pi, pj = agg.i[first], agg.j[first]
+    battles = np.add.reduceat(w, first, axis=1)  # B × pairs
+    won = np.add.reduceat(w * agg.y, first, axis=1)  # i's score
+    incidence = np.zeros((len(first), m))  # d (s_i − s_j) / d s
+    incidence[np.arange(len(first)), pi], incidence[np.arange(len(first)), pj] = 1.0, -1.0
+    s = np.zeros((b, m)) if start is None else np.tile(start - start[0], (b, 1))
     ridge = 1e-6 * max(1.0, float(w.sum(1).mean()) / max(m, 1))
-    eye = np.eye(m)
+    diagonal = np.arange(m)
     for _ in range(iters):
-        d = s[:, agg.i] - s[:, agg.j]
-        p = 1 / (1 + np.exp(-d))
-        grad = np.asarray((incidence.T @ (w * (agg.y - p)).T).T) - ridge * s
-        hess = np.asarray((spread.T @ (w * p * (1 - p)).T).T).reshape(b, m, m) + ridge * eye
+        p = 1 / (1 + np.exp(s[:, pj] - s[:, pi]))
+        grad = (won - battles * p) @ incidence - ridge * s
+        v = battles * p * (1 - p)
+        hess = np.zeros((b, m, m))
+        hess[:, pi, pj] = hess[:, pj, pi] = -v
+        hess[:, diagonal, diagonal] = v @ np.abs(incidence) + ridge
         step = np.linalg.solve(hess[:, 1:, 1:], grad[:, 1:, None])[..., 0]
         s[:, 1:] += step
         if np.abs(step).max() < tol:
@@ -185,10 +230,9 @@ def leaderboard(
     weighting: str = "none",
     ci: str = "bootstrap",
 ) -> pd.DataFrame:
-    """model, rating, ci_low, ci_high, battles — sorted best first. CIs: percentile bootstrap over
-    battles (`rounds`, `seed`), or `ci="sandwich"`: rating ± z · sandwich standard error."""
-    from scipy.stats import norm
-
+    """model, rating, ci_low, ci_high, battles — sorted best first, from raw battles in either schema
+    (skips left out). CIs: percentile bootstrap over battles (`rounds`, `seed`), or `ci="sandwich"`:
+    rating ± z · sandwich standard error."""
     if ci not in CI_METHODS:
         raise ValueError(f"ci must be one of {CI_METHODS}")
     agg = aggregate(battles)
@@ -197,10 +241,10 @@ def leaderboard(
     point = to_ratings(strengths, agg.models, anchor, anchor_rating)
     alpha = (1 - confidence) / 2
     if ci == "bootstrap":
-        boot = to_ratings(fit_strengths(agg, bootstrap_weights(agg, rounds, seed) * factor), agg.models, anchor, anchor_rating)
+        boot = to_ratings(fit_strengths(agg, bootstrap_weights(agg, rounds, seed) * factor, start=strengths), agg.models, anchor, anchor_rating)
         lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
     else:
-        half = norm.ppf(1 - alpha) * sandwich_se(agg, strengths, factor, None if anchor is None else agg.models.index(anchor))
+        half = NormalDist().inv_cdf(1 - alpha) * sandwich_se(agg, strengths, factor, None if anchor is None else agg.models.index(anchor))
         lo, hi = point - half, point + half
     per_model = np.zeros(len(agg.models))
     np.add.at(per_model, agg.i, agg.count)
@@ -231,6 +275,7 @@ def leaderboards_by(battles: pd.DataFrame, column: str, **options) -> pd.DataFra
 def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -> dict[str, float]:
     """Sequential Elo in battle order, for comparison with the order-free Bradley–Terry fit."""
     ratings: dict[str, float] = {}
+    battles = battles[battles["winner"] != SKIP]
     for a, b, w in zip(battles["model_a"], battles["model_b"], battles["winner"]):
         ra, rb = ratings.setdefault(a, initial), ratings.setdefault(b, initial)
         ea = float(win_probability(ra, rb))
@@ -240,7 +285,8 @@ def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -
 
 
 def pair_matrices(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(row model's win rate against column model with ties as ½, number of battles between them)."""
+    """(row model's win rate against column model with ties as ½, number of battles between them; skips left out)."""
+    battles = battles[battles["winner"] != SKIP]
     a = battles[["model_a", "model_b"]].copy()
     a["score"] = battles["winner"].map(SCORE_OF_A)
     b = pd.DataFrame({"model_a": a["model_b"], "model_b": a["model_a"], "score": 1 - a["score"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hydra.utils import instantiate
@@ -177,3 +178,16 @@ def test_the_combined_protocol_asks_the_whole_chain_at_once(compose_cfg, tmp_pat
     wrong = _run(combined, IgnoresInstructions(), scorers, cache, n=6)
     assert wrong.metrics["edit_success"].value == 0.0
     assert "drift_combined" in compose_cfg(["suite=[drift_combined]"]).suite and compose_cfg(["suite=[drift_combined]"]).suite.drift_combined.protocol == "combined"
+
+
+def test_pixels_truth_is_the_same_in_every_process():
+    """The pixels scorer's truth is part of its cache key: one that followed a set's order (the hash
+    seed) missed the cache on half of a warm run's drift readings."""
+    import subprocess
+    import sys
+
+    code = ("from nbeval.records import content_hash; from suites.drift import DriftSuite; d = DriftSuite(); "
+            "print(content_hash([d.scorer_truth(s, t, 'pixels') for s in d.samples(12, 0) for t in range(len(s.truth))]))")
+    hashes = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True, check=True).stdout
+              for seed in (1, 2, 3)}
+    assert len(hashes) == 1

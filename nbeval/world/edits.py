@@ -141,7 +141,8 @@ def apply_edit(scene: Scene, rng: random.Random, op: str | None = None, vocabula
 
 def changed_boxes(before: Scene, after: Scene, margin: float = MARGIN) -> list[Box]:
     """Boxes (fractions of the canvas, grown by `margin`) of everything added, removed, moved or
-    changed between two scenes: where an edit was allowed to change pixels."""
+    changed between two scenes: where an edit was allowed to change pixels. Sorted: a set's order
+    changes with the process's hash seed, and the boxes are part of scorer cache keys (drift's truth)."""
     boxes = [shape_box(s) for s in set(before.shapes) ^ set(after.shapes)]
     boxes += [word_box(w) for w in set(before.words) ^ set(after.words)]
-    return [(max(0.0, x0 - margin), max(0.0, y0 - margin), min(1.0, x1 + margin), min(1.0, y1 + margin)) for x0, y0, x1, y1 in boxes]
+    return sorted((max(0.0, x0 - margin), max(0.0, y0 - margin), min(1.0, x1 + margin), min(1.0, y1 + margin)) for x0, y0, x1, y1 in boxes)

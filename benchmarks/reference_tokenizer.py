@@ -4,7 +4,7 @@ Renders the text_rendering and counting suites' samples at the model's 128 px, r
 suites' own scorers directly and after an encode → decode round trip through the tokenizer, and
 compares (paired, same samples). The generator is only worth training on a tokenizer that passes.
 The tokenizer's geometry comes from its checkpoint (a training checkpoint's config, or a shipped one's
-JSON). The results file's table is rewritten; everything from its history on is kept.
+JSON; a decoder stage's checkpoint takes the geometry of the tokenizer beside it). The results file's table is rewritten; everything from its history on is kept.
 
     python benchmarks/reference_tokenizer.py --tokenizer reference_model/runs/cpu/tokenizer.pt --n 200
 """
@@ -38,6 +38,8 @@ def load(path: Path) -> Tokenizer:
     else:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         state, geometry = saved["model"], saved["config"].get("geometry")
+        if geometry is None and path.stem == "decoder":  # the decoder stage fine-tunes the tokenizer beside it
+            geometry = torch.load(path.parent / "tokenizer.pt", map_location="cpu", weights_only=False)["config"].get("geometry")
     tok = Tokenizer(Geometry.from_dict(geometry))
     tok.load_state_dict(state)
     return tok.eval()

@@ -5,7 +5,9 @@
 - plan accuracy of the learned planner on held-out prompts (a seed stream training never draws from);
 - the text_rendering and counting suites (`nbeval run`, one run per preset: the model, its ablations,
   and the oracle drawn at the model's 128 px as the ceiling), with paired differences for the ablations;
-- the drift suite (iterative edit chains) with edit context (keep unchanged tokens) vs regenerating;
+- the drift suite (iterative edit chains) with edit context (keep unchanged tokens) vs regenerating,
+  preservation against the true turn 0 and against the model's own;
+- thought images beside the finals they conditioned (`<name>-thoughts.png`);
 - the training facts `export.py` recorded.
 """
 
@@ -27,11 +29,12 @@ from nbeval.stats import paired_difference, proportion
 from nbeval.world import Scene
 from reference_model import data, plan
 from reference_model.export import CHECKPOINTS, PARTS
+from reference_model.glyph import thought_image
 from reference_model.model import ReferenceModel, Settings
 
-PRESETS = ("reference", "reference_noplan", "reference_gtplan", "reference_noglyph", "reference_regression")
+PRESETS = ("reference", "reference_noplan", "reference_gtplan", "reference_nothought", "reference_noglyph", "reference_regression")
 DRIFT_PRESETS = ("reference", "reference_noeditctx")
-DRIFT_METRICS = ("edit_success", "preservation_ssim", "drift_slope", "turns_to_failure")
+DRIFT_METRICS = ("edit_success", "preservation_ssim", "self_preservation_ssim", "drift_slope", "turns_to_failure")
 HEADLINES = (("text_rendering", "exact_match"), ("text_rendering", "cer"), ("counting", "exact_accuracy"), ("counting", "mae"))
 CEILING = ["model=oracle", "model.render_size=128", "model.name=oracle_128px"]  # ground truth at 128 px
 HELD_OUT = "held-out"  # training seeds are "<seed>:<stage>:<step>"; this prefix never occurs there
@@ -54,6 +57,28 @@ def plan_accuracy(model: ReferenceModel, n: int) -> dict:
         ok = _groups(got) == _groups(ex.scene) and got.text().upper() == ex.scene.text().upper()
         hits["edit" if prev else "generate"].append(float(ok))
     return {k: proportion(np.array(v)).to_dict() for k, v in hits.items()}
+
+
+def thoughts_figure(model: ReferenceModel, n: int, path: Path) -> None:
+    """Held-out prompts: each plan's thought image above the final it conditioned."""
+    from nbeval.plots import plt
+
+    settings = Settings()
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 4.0), squeeze=False)
+    for i in range(n):
+        ex = data.example(random.Random(f"{HELD_OUT}:thought:{i}"), edit_rate=0.0)
+        _, scene = model._plan_for(ex.prompt, i, settings, None)
+        (final,) = model.generate([ex.prompt], [i], settings)
+        for ax, img in zip(axes[:, i], (thought_image(scene, model.generator.sketch_px), final)):
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, i].set_title(ex.prompt[:28] + ("…" if len(ex.prompt) > 28 else ""), fontsize=6)
+    axes[0, 0].set_ylabel("thought image")
+    axes[1, 0].set_ylabel("final")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run_suites(preset: str, suites: str, n: int, out: Path, checkpoint: str, extra: tuple[str, ...] = ()) -> Path:
@@ -92,7 +117,8 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         "nbeval's reference model: a small hybrid built from open components — a KL autoencoder tokenizer",
         "(as in latent diffusion), a byte-level planner, one transformer generating continuous image tokens in",
         "random order (MAR-style masked autoregression), a per-token MLP diffusion head (MAR's diffusion loss)",
-        "and glyph conditioning (the planned words drawn into a canvas, as in glyph-conditioned text renderers).",
+        "and a thought image: the plan drawn by the world's renderer — shapes as coarse silhouettes, words as",
+        "glyphs — that conditions every image token (layout conditioning as in GLIGEN and GlyphControl).",
         "It is not a copy of any closed model. Trained only on nbeval's synthetic world (flat shapes and",
         "rendered words on white, 128×128), it means nothing outside that world.",
         "",
@@ -131,11 +157,17 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         f"Plan accuracy (requested objects by kind × colour and the text exactly right) on held-out prompts: "
         f"generate {fmt(pa['generate'])} (n={pa['generate']['n']}), edit {fmt(pa['edit'])} (n={pa['edit']['n']}).",
         "",
+        "## Thought images",
+        "Held-out prompts: the plan drawn as the thought image (top), the final image it conditioned (bottom).",
+        "",
+        f"![thought images]({name}-thoughts.png)",
+        "",
         "## Editing",
         f"The drift suite, iterative protocol (each turn edits the model's own image): `nbeval run model=<preset> suite=[drift] n={figures['drift_n']}`",
         f"({figures['drift_n']} chains of {figures['turns']} edits). *reference* keeps the tokens of regions the new plan did not change",
         "(edit context); *reference_noeditctx* draws every turn from scratch. Preservation is masked SSIM against the",
-        "true turn-0 image outside everything the edits could change; drift slope is its per-chain slope per turn.",
+        "true turn-0 image outside everything the edits could change, self-preservation the same against the model's",
+        "own turn 0 (what edit context should keep exactly); drift slope is preservation's per-chain slope per turn.",
         "",
         "| preset | " + " | ".join(DRIFT_METRICS) + " |",
         "|---|" + "---|" * len(DRIFT_METRICS),
@@ -171,6 +203,7 @@ def main() -> None:
         return
     model = ReferenceModel.load(CHECKPOINTS / f"{args.name}.safetensors")
     figures: dict = {"n": args.n, "drift_n": args.chains, "turns": args.turns, "suites": {}, "paired": [], "drift": {}, "drift_paired": []}
+    thoughts_figure(model, 8, CHECKPOINTS / f"{args.name}-thoughts.png")
     figures["plan_accuracy"] = plan_accuracy(model, args.plan_n)
     print("plan accuracy", figures["plan_accuracy"], flush=True)
     runs = {}
@@ -187,7 +220,7 @@ def main() -> None:
         run = run_suites(preset, "[drift]", args.chains, args.out, args.name, (f"suite.drift.turns={args.turns}",))
         figures["drift"][preset] = json.loads((run / "results.json").read_text())["suites"]["drift"]["metrics"]
         chains[preset] = drift_chains(run)
-    for m in ("preservation_ssim", "drift_slope", "edit_success"):
+    for m in ("preservation_ssim", "self_preservation_ssim", "drift_slope", "edit_success"):
         d = paired_difference(chains[DRIFT_PRESETS[0]][m], chains[DRIFT_PRESETS[1]][m])
         figures["drift_paired"].append({"comparison": " − ".join(DRIFT_PRESETS), "metric": m, "difference": d.to_dict()})
     (args.out / "figures.json").write_text(json.dumps(figures, indent=1))

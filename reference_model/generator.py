@@ -5,11 +5,11 @@
 - The prefix (prompt bytes, then one token per planned word, character and object) attends only to
   itself, so at sampling it is computed once per image and cached; image tokens attend to everything.
 - Planned positions and image-token positions share one Fourier embedding, so an image token can find
-  "the object planned here" by attention; the glyph canvas (`glyph.py`) is added to the token slots.
+  "the object planned here" by attention; the thought image (`glyph.py`) is added to the token slots.
 - Training: a random share of tokens (cosine schedule) is masked and the per-token diffusion head learns
-  them from the transformer's output (MAR's diffusion loss). The plan, the glyphs, or the whole
-  condition are dropped at random, which gives the planner-off and glyph-off ablations and the
-  unconditional branch of classifier-free guidance from the same weights.
+  them from the transformer's output (MAR's diffusion loss). The plan, the thought image, its words, or
+  the whole condition are dropped at random, which gives the planner-off, thought-off and glyph-off
+  ablations and the unconditional branch of classifier-free guidance from the same weights.
 - Sampling: tokens revealed in a random order, more per step (cosine), each drawn by the head.
   Editing is the same loop with the kept tokens revealed from the start.
 """
@@ -28,7 +28,7 @@ from nbeval.world.render import text_width
 from reference_model import plan
 from reference_model.data import Example
 from reference_model.diffloss import DiffusionHead, RegressionHead
-from reference_model.glyph import glyph_tokens
+from reference_model.glyph import thought_tokens
 from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_tensor
 from reference_model.transformer import Block, fourier_xy
 
@@ -95,8 +95,9 @@ def token_centres(grid: int) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    def __init__(self, geometry: Geometry = Geometry(), dim: int = 192, depth: int = 6, heads: int = 6, head_width: int = 256, head_depth: int = 3) -> None:
+    def __init__(self, geometry: Geometry = Geometry(), dim: int = 192, depth: int = 6, heads: int = 6, head_width: int = 256, head_depth: int = 3, sketch_px: int | None = None) -> None:
         super().__init__()
+        self.sketch_px = sketch_px  # the thought image's shapes are drawn at this size (None: words only)
         self.n_tokens, self.token_dim = geometry.n_tokens, geometry.token_dim
         self.table = nn.Embedding(TABLE, dim, padding_idx=0)
         self.types = nn.Embedding(4, dim)
@@ -155,25 +156,25 @@ class Generator(nn.Module):
 
     # --- training ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def training_batch(self, examples: list[Example], tokenizer: Tokenizer, gen: torch.Generator, device: str, p_drop_plan: float = 0.1, p_drop_glyph: float = 0.1, p_drop_all: float = 0.1) -> dict:
-        """Images rendered from the plan's own (quantised) scene, so plan, glyphs and pixels agree."""
+    def training_batch(self, examples: list[Example], tokenizer: Tokenizer, gen: torch.Generator, device: str, p_drop_plan: float = 0.1, p_drop_thought: float = 0.1, p_drop_glyph: float = 0.1, p_drop_all: float = 0.1) -> dict:
+        """Images rendered from the plan's own (quantised) scene, so plan, thought image and pixels agree."""
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
         scenes = [plan.quantise(e.scene) for e in examples]
         target = tokenizer.to_tokens(to_tensor([render(s, IMAGE_SIZE) for s in scenes]).to(device))
-        glyphs = glyph_tokens(scenes, tokenizer)
-        items = []
-        for i, (e, s) in enumerate(zip(examples, scenes)):
+        items, drawn = [], []
+        for e, s in zip(examples, scenes):
             r = rng.random()
             if r < p_drop_all:  # unconditional: classifier-free guidance's other branch
                 items.append(prefix_items(None, None))
-                glyphs[i] = 0
+                drawn.append(Scene())
             elif r < p_drop_all + p_drop_plan:  # prompt only: the planner-off model
                 items.append(prefix_items(e.prompt, None))
-                glyphs[i] = 0
+                drawn.append(Scene())
             else:
                 items.append(prefix_items(e.prompt, s))
-                if rng.random() < p_drop_glyph:
-                    glyphs[i] = 0
+                r = rng.random()
+                drawn.append(Scene() if r < p_drop_thought else Scene(shapes=s.shapes) if r < p_drop_thought + p_drop_glyph else s)
+        glyphs = thought_tokens(drawn, tokenizer, self.sketch_px)
         # MaskGIT/MAR cosine schedule over the share of masked tokens; at least one token masked.
         u = torch.rand(len(examples), generator=gen)
         n_mask = (torch.cos(u * math.pi / 2) * self.n_tokens).ceil().clamp(1, self.n_tokens)

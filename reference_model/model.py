@@ -1,14 +1,18 @@
 """The reference model put together: plan → generate tokens → decode, and multi-turn editing.
 
 `ReferenceModel.load(path)` reads the shipped safetensors checkpoint; the switches in `Settings` are
-the ablations (planner off / learned / ground truth, glyphs on/off, diffusion vs regression head, edit
-context on/off) and the sampling knobs. Everything random about an image comes from its own seed.
+the ablations (planner off / learned / ground truth, thought image on/off, its words on/off, diffusion
+vs regression head, edit context on/off) and the sampling knobs. An image depends on its own sample only
+(prompt, plan, seed): each is drawn alone and on one thread, so neither its batch nor the machine's
+thread count can change a bit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from nbeval.world import Scene
 from nbeval.world.edits import changed_boxes
 from reference_model import plan
 from reference_model.generator import Generator, collate_prefix, prefix_items
-from reference_model.glyph import glyph_tokens
+from reference_model.glyph import thought_tokens
 from reference_model.planner import Planner
 from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_images, to_tensor
 
@@ -31,7 +35,8 @@ HEADS = ("diffusion", "regression")
 @dataclass(frozen=True)
 class Settings:
     plan: str = "learned"  # learned planner | none (prompt only) | truth (the sample's scene, an upper bound)
-    glyphs: bool = True
+    thought: bool = True  # condition on the thought image (the plan drawn: coarse shapes and words)
+    glyphs: bool = True  # the thought image carries the planned words
     head: str = "diffusion"
     edit_context: bool = True  # keep the tokens of regions the new plan did not change
     steps: int = 8  # masked-generation steps
@@ -80,7 +85,8 @@ class ReferenceModel:
         meta = json.loads(path.with_suffix(".json").read_text())
         # The geometry the tokenizer stage trained with; checkpoints from before it was configurable have none.
         geometry = Geometry.from_dict(meta["stages"]["tokenizer"]["config"].get("geometry"))
-        parts = {"tokenizer": Tokenizer(geometry), "planner": Planner(), "generator": Generator(geometry)}
+        sketch_px = meta["stages"]["generator"]["config"].get("sketch_px")  # None: trained on words only
+        parts = {"tokenizer": Tokenizer(geometry), "planner": Planner(), "generator": Generator(geometry, sketch_px=sketch_px)}
         for name, module in parts.items():
             state = {k[len(name) + 1 :]: v.float() for k, v in tensors.items() if k.startswith(name + ".")}
             module.load_state_dict(state)
@@ -103,16 +109,23 @@ class ReferenceModel:
     # --- drawing ----------------------------------------------------------------------------------
     @torch.no_grad()
     def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, known: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> list[Image.Image]:
-        items = [prefix_items(p, s) for p, s in zip(prompts, planned)]
-        with_glyphs = [s if (s is not None and settings.glyphs) else Scene() for s in planned]
-        glyphs = glyph_tokens(with_glyphs, self.tokenizer)
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        tokens = self.generator.sample(
-            collate_prefix(items).to(self.device), glyphs, gens, known, keep,
-            steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
-            cfg_scale=settings.cfg_scale, head=settings.head,
-        )
-        return to_images(self.tokenizer.from_tokens(tokens))
+        """One image per prompt, each drawn alone on one thread: batched matrix products round differently
+        with the batch's size and padding, threaded reductions with the thread count, and an image must
+        depend on neither (the cache key cannot know them)."""
+        images = []
+        for i, (prompt, scene, seed) in enumerate(zip(prompts, planned, seeds)):
+            drawn = Scene() if scene is None or not settings.thought else scene if settings.glyphs else Scene(shapes=scene.shapes)
+            with one_thread():
+                tokens = self.generator.sample(
+                    collate_prefix([prefix_items(prompt, scene)]).to(self.device),
+                    thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
+                    [torch.Generator().manual_seed(seed)],
+                    None if known is None else known[i : i + 1], None if keep is None else keep[i : i + 1],
+                    steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
+                    cfg_scale=settings.cfg_scale, head=settings.head,
+                )
+                images += to_images(self.tokenizer.from_tokens(tokens))
+        return images
 
     def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
         """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
@@ -149,6 +162,17 @@ class ReferenceModel:
         if tokens is not None:
             self._plans[image_key(img)] = tokens
         return img
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for the block (sampled tokens moved by 1e-5 between 1 and 2 threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _resize(img: Image.Image, size: int) -> Image.Image:

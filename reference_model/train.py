@@ -103,7 +103,7 @@ class GeneratorStage:
         from reference_model.generator import Generator
 
         self.tokenizer = load_tokenizer(out_dir, device)
-        self.model = Generator(self.tokenizer.geometry).to(device)
+        self.model = Generator(self.tokenizer.geometry, sketch_px=cfg.preset.generator.get("sketch_px")).to(device)
         self.device = device
 
     def step_loss(self, rng: random.Random, cfg: DictConfig) -> tuple[torch.Tensor, dict]:

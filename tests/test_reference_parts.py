@@ -8,15 +8,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nbeval.world import Scene, Shape, Word, render
 from nbeval.world.layout import MARGIN, shape_box, word_box
 from reference_model import data, plan
 from reference_model.export import CHECKPOINTS
 from reference_model.generator import Generator, collate_prefix, prefix_items
-from reference_model.glyph import glyph_tokens
+from reference_model.glyph import thought_image, thought_tokens
 from reference_model.model import ReferenceModel, changed_tokens
 from reference_model.planner import Planner
 from reference_model.tokenizer import Geometry, Tokenizer, patchify, to_tensor, unpatchify
@@ -98,23 +100,38 @@ def test_a_finer_geometry_flows_from_tokenizer_through_generator():
     assert tokens.shape == (2, 256, 32)
     gen = Generator(g, dim=32, depth=1, heads=2, head_width=32, head_depth=1).eval()
     prefix = collate_prefix([prefix_items("two red circles", s) for s in scenes])
-    out = gen.sample(prefix, glyph_tokens(scenes, tok), [torch.Generator().manual_seed(i) for i in range(2)], steps=2, head_steps=2)
+    out = gen.sample(prefix, thought_tokens(scenes, tok, sketch_px=64), [torch.Generator().manual_seed(i) for i in range(2)], steps=2, head_steps=2)
     assert out.shape == (2, 256, 32) and tok.from_tokens(out).shape == (2, 3, 128, 128)
     assert changed_tokens(Scene(), Scene(shapes=(Shape("circle", "red", "small", 0.5, 0.5),)), g.grid).shape == (256,)
 
 
-def test_sketch_tokens_are_zero_for_an_empty_plan_and_mark_a_planned_shape():
-    """The thought image (glyph canvas with `sketch`) through the shipped tokenizer: nothing planned is
-    exactly zero; a planned shape lights up its own token and hardly a far one; without `sketch` the
-    canvas is the shipped glyph canvas, which draws no shapes."""
+def test_thought_tokens_are_zero_for_an_empty_plan_and_mark_a_planned_shape():
+    """The thought image through the shipped tokenizer: nothing planned is exactly zero; a planned shape
+    lights up its own token and hardly a far one; without `sketch_px` (a checkpoint trained on words
+    only) the canvas draws no shapes."""
     tok = ReferenceModel.load(SHIPPED).tokenizer
     grid = tok.geometry.grid
     shape = Scene(shapes=(Shape("square", "red", "medium", 0.25, 0.25),))
-    empty, marked, glyphs_only = (glyph_tokens([s], tok, sketch=k)[0] for s, k in ((Scene(), True), (shape, True), (shape, False)))
-    assert not empty.any() and not glyphs_only.any()
+    empty, marked, words_only = (thought_tokens([s], tok, sketch_px=px)[0] for s, px in ((Scene(), 64), (shape, 64), (shape, None)))
+    assert not empty.any() and not words_only.any()
     norms = marked.norm(dim=-1).reshape(grid, grid)
     here, far = norms[grid // 4, grid // 4], norms[-1, -1]
     assert here > 0 and here > 10 * far
+
+
+def test_thought_image_draws_coarse_shapes_under_crisp_words():
+    """Shapes come from the coarse render (blocks of 128/32 = 4 px), words from the full one and on top."""
+    word = Word("HELLO", 0.08, 0.5, 0.8)
+    scene = Scene(shapes=(Shape("circle", "blue", "large", 0.3, 0.3),), words=(word,))
+    img = np.asarray(thought_image(scene, sketch_px=32))
+    coarse = np.asarray(render(Scene(shapes=scene.shapes), 32).resize((128, 128), Image.Resampling.NEAREST))
+    words = np.asarray(render(Scene(words=(word,)), 128))
+    ink = (words != 255).any(-1)
+    assert (img[ink] == words[ink]).all() and (img[~ink] == coarse[~ink]).all()
+    assert (img[:64, :64] != 255).any() and ink[96:110].any()
+    blocks = img[:64, :64].reshape(16, 4, 16, 4, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # every 4×4 block one colour: coarse, not re-rendered
+    assert np.array_equal(np.asarray(thought_image(scene)), words)  # trained on words only: no shapes
 
 
 def test_planner_loss_falls_in_a_few_cpu_steps():

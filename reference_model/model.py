@@ -3,15 +3,17 @@
 `ReferenceModel.load(path)` reads the shipped safetensors checkpoint; the switches in `Settings` are
 the ablations (planner off / learned / ground truth, thought image on/off, its words on/off, diffusion
 vs regression head, edit context on/off) and the sampling knobs. An image depends on its own sample only
-(prompt, plan, seed): each is drawn alone and on one thread, so neither its batch nor the machine's
-thread count can change a bit.
+(prompt, plan, seed): each is drawn alone and on one thread (several side by side), so neither its batch
+nor the machine's thread count can change a bit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,25 +109,28 @@ class ReferenceModel:
         return tokens
 
     # --- drawing ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, known: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> list[Image.Image]:
-        """One image per prompt, each drawn alone on one thread: batched matrix products round differently
-        with the batch's size and padding, threaded reductions with the thread count, and an image must
-        depend on neither (the cache key cannot know them)."""
-        images = []
-        for i, (prompt, scene, seed) in enumerate(zip(prompts, planned, seeds)):
+        """One image per prompt, each drawn alone on one thread, as many at once as torch had threads:
+        batched matrix products round differently with the batch's size and padding, threaded
+        reductions with the thread count, and an image must depend on neither (the cache key cannot
+        know them)."""
+
+        @torch.no_grad()  # grad mode is per thread
+        def draw(i: int) -> Image.Image:
+            scene = planned[i]
             drawn = Scene() if scene is None or not settings.thought else scene if settings.glyphs else Scene(shapes=scene.shapes)
-            with one_thread():
-                tokens = self.generator.sample(
-                    collate_prefix([prefix_items(prompt, scene)]).to(self.device),
-                    thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
-                    [torch.Generator().manual_seed(seed)],
-                    None if known is None else known[i : i + 1], None if keep is None else keep[i : i + 1],
-                    steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
-                    cfg_scale=settings.cfg_scale, head=settings.head,
-                )
-                images += to_images(self.tokenizer.from_tokens(tokens))
-        return images
+            tokens = self.generator.sample(
+                collate_prefix([prefix_items(prompts[i], scene)]).to(self.device),
+                thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
+                [torch.Generator().manual_seed(seeds[i])],
+                None if known is None else known[i : i + 1], None if keep is None else keep[i : i + 1],
+                steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
+                cfg_scale=settings.cfg_scale, head=settings.head,
+            )
+            return to_images(self.tokenizer.from_tokens(tokens))[0]
+
+        with one_thread() as workers, ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:
+            return list(pool.map(draw, range(len(prompts))))
 
     def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
         """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
@@ -164,15 +169,20 @@ class ReferenceModel:
         return img
 
 
+_threads = threading.Lock()  # one draw at a time owns torch's (process-wide) thread setting
+
+
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one intra-op thread for the block (sampled tokens moved by 1e-5 between 1 and 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def one_thread() -> Iterator[int]:
+    """Torch on one intra-op thread for the block (sampled tokens moved by 1e-5 between 1 and 2
+    threads); yields the thread count it had, for drawing that many images side by side."""
+    with _threads:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _resize(img: Image.Image, size: int) -> Image.Image:

@@ -131,7 +131,7 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         "|---|---|---|---|---|",
     ]
     for part, s in st.items():
-        lines.append(f"| {part} | {meta['parameters'][part] / 1e6:.2f} M | {s['steps']} | {s['images']:,} | {s['wall_minutes']} |")
+        lines.append(f"| {part} | {meta['parameters'][part] / 1e6:.2f} M | {s['steps']}{'' if s.get('finished', True) else ' (unfinished)'} | {s['images']:,} | {s['wall_minutes']} |")
     lines += [
         f"| total (shipped) | {sum(meta['parameters'][p] for p in PARTS) / 1e6:.2f} M | | {total_images:,} | {sum(s['wall_minutes'] for s in st.values()):.1f} |",
         "",

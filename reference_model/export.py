@@ -60,13 +60,13 @@ def export(cfg: DictConfig, out_dir: Path) -> Path:
             if not (out_dir / f"{stage}.pt").exists():
                 continue
             ckpt = torch.load(out_dir / f"{stage}.pt", map_location="cpu", weights_only=False)
-            if not ckpt["state"]["done"]:
-                raise SystemExit(f"stage {stage} is not finished ({ckpt['state']['step']} steps); resume training first")
+            if not ckpt["state"]["done"] and not cfg.unfinished:
+                raise SystemExit(f"stage {stage} is not finished ({ckpt['state']['step']} steps); resume training first (or export a snapshot: unfinished=true)")
             if stage == weights_from:
                 for k, v in ckpt["model"].items():
                     tensors[f"{part}.{k}"] = v.half().contiguous() if v.is_floating_point() else v.contiguous()
             st = ckpt["state"]
-            stages[stage] = {"steps": st["step"], "images": st["images"], "wall_minutes": round(st["wall"] / 60, 1), "config": ckpt["config"], "history": st["history"]}
+            stages[stage] = {"steps": st["step"], "finished": st["done"], "images": st["images"], "wall_minutes": round(st["wall"] / 60, 1), "config": ckpt["config"], "history": st["history"]}
     CHECKPOINTS.mkdir(exist_ok=True)
     path = CHECKPOINTS / f"{cfg.export_name}.safetensors"
     save_file(tensors, str(path))

@@ -160,7 +160,7 @@ ARENA_USAGE = """usage:
       by=suite (or a column of tag lists): also one leaderboard per category, leaderboard_by_<column>.csv
       ratings from a battles file (.parquet, .jsonl, .csv; ours or FastChat/LMArena's schema)
   nbeval arena serve [db=sqlite:///arena.db] [host=127.0.0.1] [port=8000] [votes_per_minute=600]
-                     [battle_ttl_s=900] [rerolls_per_minute=10] [admin_failures_per_minute=10] [max_import_mb=64]
+                     [battle_ttl_s=900] [rerolls_per_minute=10] [admin_failures_per_minute=10] [max_import_mb=64] [undo_s=10]
                      [forwarded_allow_ips=ADDRESSES]
       the blind voting web app; db may be postgresql+psycopg://user@host/db. The admin key comes
       from the environment, NBEVAL_ARENA_ADMIN_KEY (16+ characters), never from the command line.
@@ -211,7 +211,7 @@ def _arena_serve(argv: list[str]) -> None:
 
     from nbeval.arena.web import ServerConfig, create_app
 
-    numbers = {"votes_per_minute", "logins_per_minute", "battle_ttl_s", "rerolls_per_minute", "admin_failures_per_minute", "max_import_mb"}
+    numbers = {"votes_per_minute", "logins_per_minute", "battle_ttl_s", "rerolls_per_minute", "admin_failures_per_minute", "max_import_mb", "undo_s"}
     opts, _ = parse_options(argv, {"db", "host", "port", "forwarded_allow_ips", *numbers}, usage=ARENA_USAGE)
     config = ServerConfig(
         db_url=opts.get("db", "sqlite:///arena.db"),

@@ -80,6 +80,14 @@ def postgres_url():
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An arena database URL: a test taking it runs on SQLite (in tmp_path) and on a throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'arena.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
 def arena_server(tmp_path):
     """Start servers on demand: arena_server(db_url=None, **serve options) → ArenaServer (SQLite in

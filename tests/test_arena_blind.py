@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import secrets
 import time
 
 import numpy as np
@@ -35,13 +36,13 @@ def identities(http, html: str) -> list[tuple[str, str]]:
 
 
 def setup(server, reveal: str = "after_vote", prompts: int = 3, voters: tuple[str, ...] = ("alice", "bob", "carol")) -> tuple[str, dict[str, str]]:
-    arena = server.admin.create_arena(f"blind-{reveal}", sampling="uniform", reveal=reveal)
+    arena = server.admin.create_arena(f"blind-{reveal}-{secrets.token_hex(4)}", sampling="uniform", reveal=reveal)  # PostgreSQL's database outlives a test
     server.admin.import_generations(arena, demo_generations(prompts, MODELS))
     return arena, server.admin.invite(arena, list(voters))
 
 
-def test_image_urls_are_new_each_view_and_only_for_that_voter(arena_server):
-    server = arena_server()
+def test_image_urls_are_new_each_view_and_only_for_that_voter(arena_server, db_url):
+    server = arena_server(db_url)
     _, tokens = setup(server)
     alice, bob, carol = (signed_in(server.url, tokens[n]) for n in ("alice", "bob", "carol"))
     first = alice.get("/battle").text
@@ -64,8 +65,8 @@ def test_image_urls_are_new_each_view_and_only_for_that_voter(arena_server):
     assert all(alice.get(u).status_code == 200 for u in image_urls(alice.get(f"/reveal/{bid}").text))
 
 
-def test_an_assigned_battle_expires_unvoted(arena_server):
-    server = arena_server(battle_ttl_s=2)
+def test_an_assigned_battle_expires_unvoted(arena_server, db_url):
+    server = arena_server(db_url, battle_ttl_s=2)
     _, tokens = setup(server, voters=("alice",))
     alice = signed_in(server.url, tokens["alice"])
     html = alice.get("/battle").text
@@ -99,8 +100,8 @@ def test_rerolls_are_throttled_logged_and_not_offered_again(arena_server):
     assert seen and not seen & passed
 
 
-def test_a_voter_never_sees_an_image_whose_model_was_revealed_to_them(arena_server):
-    server = arena_server()
+def test_a_voter_never_sees_an_image_whose_model_was_revealed_to_them(arena_server, db_url):
+    server = arena_server(db_url, undo_s=0)  # models shown right after each vote
     arena, tokens = setup(server, prompts=4, voters=("alice",))  # 4 prompts × 3 pairs: every pair shares an image with another
     alice = signed_in(server.url, tokens["alice"])
     known: dict[tuple[str, str], str] = {}  # image identity → model, learnt from reveals
@@ -119,7 +120,7 @@ def test_a_voter_never_sees_an_image_whose_model_was_revealed_to_them(arena_serv
 
 @pytest.mark.parametrize("reveal", ["end", "never"])
 def test_reveals_deferred_to_the_end_or_never(arena_server, reveal):
-    server = arena_server()
+    server = arena_server(undo_s=0)
     _, tokens = setup(server, reveal=reveal, prompts=2, voters=("alice",))  # 6 battles, all votable
     alice = signed_in(server.url, tokens["alice"])
     voted = []
@@ -137,6 +138,46 @@ def test_reveals_deferred_to_the_end_or_never(arena_server, reveal):
             assert f"/reveal/{bid}" in done and r.status_code == 200 and re.search(r'id="model-a">oracle', r.text)
         else:
             assert "/reveal/" not in done and r.status_code == 200 and "does not show" in r.text and not any(m in r.text for m in MODELS)
+
+
+def models_on(page: str) -> list[str]:
+    return re.findall(r'id="model-[ab]">([^<]+)<', page)
+
+
+def test_cant_tell_is_a_vote_and_a_vote_can_be_undone_until_its_models_are_shown(arena_server, db_url):
+    server = arena_server(db_url, undo_s=3)
+    arena, tokens = setup(server, prompts=2, voters=("alice",))
+    alice = signed_in(server.url, tokens["alice"])
+    form = form_fields(alice.get("/battle").text)
+    bid = form["battle_id"]
+    assert alice.post("/vote", data={**form, "winner": "a"}).status_code == 303
+    page = alice.get(f"/reveal/{bid}").text
+    # within the undo window the models are withheld (else a voter could undo knowing them), the page
+    # offers the undo and reloads itself when the window closes
+    assert "recorded" in page and 'id="withheld"' in page and not models_on(page) and not any(m in page for m in MODELS)
+    assert 'id="undo"' in page and re.search(r'http-equiv="refresh" content="[123]"', page)
+    undo = form_fields(page)
+    assert alice.post("/undo", data={"battle_id": bid, "csrf": undo["csrf"]}).status_code == 303
+    assert alice.get(f"/reveal/{bid}").status_code == 403 and server.admin.status(arena)["votes"] == 0
+    again = form_fields(html := alice.get("/battle").text)
+    assert again["battle_id"] == bid and all(alice.get(u).status_code == 200 for u in image_urls(html))  # the battle is hers again
+    assert alice.post("/vote", data={**again, "winner": "skip"}).status_code == 303  # "can't tell" is a vote too
+    page = alice.get(f"/reveal/{bid}").text
+    assert "Your vote: can&#39;t tell" in page and not models_on(page)
+    time.sleep(3.2)
+    page = alice.get(f"/reveal/{bid}").text
+    assert len(models_on(page)) == 2 and 'id="undo"' not in page
+    r = alice.post("/undo", data={"battle_id": bid, "csrf": undo["csrf"]})
+    assert r.status_code == 409 and "no longer" in r.text
+    status = server.admin.status(arena)
+    assert status["votes"] == 1 and status["skips"] == 1
+    # the skip is stored with its battle and exported; the ratings leave it out, the leaderboard counts it
+    while "battle_id" in (f := form_fields(alice.get("/battle").text)):
+        assert alice.post("/vote", data={**f, "winner": "b"}).status_code == 303
+    votes = server.admin.votes_jsonl(arena)
+    assert votes.count('"winner":"skip"') == 1 and votes.count('"winner":"b"') == 1  # 2 prompts: one battle each
+    board = alice.get("/leaderboard").text
+    assert "from 1 votes" in board and re.search(r"all pairs</td><td>2</td><td>1</td><td>50.0%", board)
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])

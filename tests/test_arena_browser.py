@@ -28,7 +28,7 @@ def browser():
 
 @pytest.mark.slow
 def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, browser, tmp_path):
-    server = arena_server()
+    server = arena_server(undo_s=2)
     arena = server.admin.create_arena("browser")
     # 5 prompts × 3 pairs = 15 battles; a reveal takes a prompt's other two pairs off this voter's list
     server.admin.import_generations(arena, demo_generations(5, MODELS))
@@ -39,8 +39,8 @@ def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, br
     page.fill("#token", token)
     page.click("#sign-in")
     page.wait_for_url("**/battle")
-    choices = ["a", "b", "tie", "both_bad", "a"]
-    for choice in choices:
+    choices = ["skip", "b", "tie", "both_bad", "a"]
+    for k, choice in enumerate(choices):
         assert page.inner_text("#prompt")
         for side in ("a", "b"):  # both images really loaded and decoded; a click shows one large, "close" undoes it
             assert page.eval_on_selector(f"#image-{side}", "img => img.complete && img.naturalWidth") == 256
@@ -50,8 +50,17 @@ def test_voter_signs_in_votes_sees_reveals_and_votes_are_stored(arena_server, br
             page.click(f"#side-{side} .close")
             assert page.eval_on_selector(f"#image-{side}", "img => img.getBoundingClientRect().width") == width
         assert not any(m in page.content() for m in MODELS)
+        if k == 0:  # a vote taken back within the undo window: its models were never on the page
+            prompt = page.inner_text("#prompt")
+            page.click("#vote-a")
+            page.wait_for_url("**/reveal/**")
+            assert page.locator("#withheld").count() == 1 and not any(m in page.content() for m in MODELS)
+            page.click("#undo")
+            page.wait_for_url("**/battle")
+            assert page.inner_text("#prompt") == prompt
         page.click(f"#vote-{choice}")
         page.wait_for_url("**/reveal/**")
+        page.wait_for_selector("#model-a", timeout=10_000)  # the page reloads itself once the vote can no longer be undone
         revealed = {page.inner_text("#model-a"), page.inner_text("#model-b")}
         assert len(revealed) == 2 and revealed <= set(MODELS)
         assert "recorded" in page.inner_text("#your-vote")

@@ -11,13 +11,6 @@ from nbeval.arena.loadtest import load_test
 VOTERS, VOTES_EACH = 50, 100  # every 10th vote is replayed
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'arena.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.mark.slow
 def test_5000_votes_from_50_concurrent_voters_none_lost_none_duplicated(db_url, tmp_path):
     # 3 models × 50 prompts = 150 battles: more than each voter's 100 votes

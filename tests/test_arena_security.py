@@ -39,7 +39,7 @@ def png_chunks(data: bytes) -> list[str]:
 
 @pytest.fixture
 def arena(arena_server):
-    server = arena_server()
+    server = arena_server(undo_s=0)  # models shown right after each vote
     items = demo_generations(4, MODELS)
     # one image arrives carrying metadata that names its model: it must not survive the import
     info = PngImagePlugin.PngInfo()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import select
 import socket
 import time
@@ -94,8 +95,11 @@ def test_forwarded_headers_are_trusted_only_when_configured(arena_server):
         assert ("secure" in cookie.lower()) == trusted, cookie
 
 
-def test_sign_out_and_ended_invites_end_sessions_on_the_server(arena):
-    server, arena_id, tokens = arena
+def test_sign_out_and_ended_invites_end_sessions_on_the_server(arena_server, db_url):
+    server = arena_server(db_url)
+    arena_id = server.admin.create_arena(f"sessions-{secrets.token_hex(4)}")  # PostgreSQL's database outlives a test
+    server.admin.import_generations(arena_id, demo_generations(2, MODELS))
+    tokens = server.admin.invite(arena_id, ["alice", "bob"])
     alice = signed_in(server.url, tokens["alice"])
     stolen = dict(alice.cookies)
     csrf = form_fields(alice.get("/battle").text)["csrf"]

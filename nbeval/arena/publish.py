@@ -16,7 +16,9 @@ def plot_ratings(board: pd.DataFrame):
 
     b = board.iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(b) + 1.2))
-    ax.errorbar(b["rating"], range(len(b)), xerr=[b["rating"] - b["ci_low"], b["ci_high"] - b["rating"]], fmt="o", color="#4c72b0", capsize=3)
+    # a percentile interval need not hold the point fit (with one battle, bootstraps equal it up to rounding): clip, as matplotlib refuses negative bars
+    below, above = (b["rating"] - b["ci_low"]).clip(lower=0), (b["ci_high"] - b["rating"]).clip(lower=0)
+    ax.errorbar(b["rating"], range(len(b)), xerr=[below, above], fmt="o", color="#4c72b0", capsize=3)
     ax.set_yticks(range(len(b)), [f"{m} (n={n})" for m, n in zip(b["model"], b["battles"])])
     ax.set_xlabel("Bradley–Terry rating (Elo scale) with 95% CI")
     ax.grid(axis="x", alpha=0.3)

@@ -127,6 +127,8 @@ def aggregate(battles: pd.DataFrame) -> Aggregated:
     lo, hi = np.where(swap, j, i), np.where(swap, i, j)
     counts = np.bincount((lo * m + hi) * 3 + np.where(swap, 2 - score2, score2), minlength=m * m * 3)
     (code,) = np.nonzero(counts)
+    if not len(code):
+        raise ValueError("no battles with a winner or a tie (skips only)")
     return Aggregated(models, code // 3 // m, code // 3 % m, (code % 3) / 2, counts[code].astype(float))
 
 
@@ -270,6 +272,18 @@ def leaderboards_by(battles: pd.DataFrame, column: str, **options) -> pd.DataFra
         raise ValueError(f"no value of {column!r} has battles between two models")
     board = pd.concat(boards, ignore_index=True)
     return board[["category", *board.columns.drop("category")]]
+
+
+def skip_rates(battles: pd.DataFrame) -> pd.DataFrame:
+    """How often voters could not tell, per unordered model pair (model_a < model_b by name) and
+    overall (a last row, model_a = model_b = "all"): votes, skips, skip_rate. A pair that is often
+    skipped is one voters cannot separate, which its rating difference alone does not show."""
+    a, b = battles["model_a"].astype(str), battles["model_b"].astype(str)
+    first = (a <= b).to_numpy()
+    pairs = pd.DataFrame({"model_a": np.where(first, a, b), "model_b": np.where(first, b, a), "skips": (battles["winner"] == SKIP).to_numpy()})
+    table = pairs.groupby(["model_a", "model_b"], sort=True)["skips"].agg(votes="size", skips="sum").reset_index()
+    table.loc[len(table)] = ["all", "all", int(table["votes"].sum()), int(table["skips"].sum())]
+    return table.assign(skips=table["skips"].astype(int), skip_rate=table["skips"] / table["votes"])
 
 
 def online_elo(battles: pd.DataFrame, k: float = 4.0, initial: float = 1000.0) -> dict[str, float]:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from sqlalchemy import func, or_, select, union, update
+from sqlalchemy import delete, func, or_, select, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from nbeval.arena.db import Arena, Battle, BlindImage, Setting, View, Vote, Voter, VoterSession, now, opaque_id
-from nbeval.arena.ratings import OUTCOMES, leaderboard
+from nbeval.arena.ratings import SKIP, WINNERS, leaderboard
 from nbeval.arena.sampling import pair_weights, uncertainty_draw
 
 BACKGROUND = (128, 128, 128)  # letterbox colour for non-square images
@@ -66,6 +66,10 @@ class Forbidden(ArenaError):
 
 class Expired(ArenaError):
     status = 410
+
+
+class TooLate(Conflict):
+    """An undo after the vote's undo window closed (or its models were revealed)."""
 
 
 def blind_png(data: bytes, size: int, crop: bool = False) -> tuple[bytes, tuple[int, int]]:
@@ -286,7 +290,7 @@ class PairPriorities:
             hit = self._cache.get(arena.id)
             if hit and time.monotonic() - hit[0] < self.every_s:
                 return hit[1]
-        votes = votes_frame(s, arena)
+        votes = decided(votes_frame(s, arena))
         w = {}
         if len(votes) and votes[["model_a", "model_b"]].stack().nunique() >= 2:
             board = leaderboard(votes, rounds=self.rounds, seed=0)
@@ -382,13 +386,15 @@ def battle_for_voter(s: Session, voter: Voter, battle_id: str) -> Battle:
     return battle
 
 
-def record_vote(s: Session, voter: Voter, battle_id: str, winner: str) -> Vote:
-    """Commit one vote on a battle assigned to this voter and still open; returns only after the
-    commit, so an acknowledgement means it is stored. The unique constraint (battle, voter) refuses a
-    second vote even from concurrent requests. In a reveal=after_vote arena the vote is revealed at
-    once (the redirect goes to the reveal page), so its images leave the voter's candidates."""
-    if winner not in OUTCOMES:
-        raise ArenaError(f"winner must be one of {OUTCOMES}")
+def record_vote(s: Session, voter: Voter, battle_id: str, winner: str, undo_s: float = 0) -> Vote:
+    """Commit one vote (or a "can't tell" skip) on a battle assigned to this voter and still open;
+    returns only after the commit, so an acknowledgement means it is stored. The unique constraint
+    (battle, voter) refuses a second vote even from concurrent requests. In a reveal=after_vote arena
+    the vote is revealed `undo_s` after it is cast, when it can no longer be undone (`undo_vote`): a
+    voter who could undo after seeing the models could vote again knowing them. Its images leave the
+    voter's candidates at once either way."""
+    if winner not in WINNERS:
+        raise ArenaError(f"winner must be one of {WINNERS}")
     battle = battle_for_voter(s, voter, battle_id)
     if vote_of(s, voter, battle.id) is not None:
         raise AlreadyVoted("you have already voted on this battle")
@@ -397,8 +403,9 @@ def record_vote(s: Session, voter: Voter, battle_id: str, winner: str) -> Vote:
         if s.scalar(select(View.id).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended.is_(None))) is not None:
             raise Expired("this battle expired before your vote; vote on the next one")
         raise Forbidden("this battle was not shown to you")
-    revealed_at = now() if s.get(Arena, voter.arena_id).reveal == "after_vote" else None
-    vote = Vote(battle_id=battle.id, voter_id=voter.id, winner=winner, revealed_at=revealed_at)
+    cast = now()
+    revealed_at = cast + dt.timedelta(seconds=undo_s) if s.get(Arena, voter.arena_id).reveal == "after_vote" else None
+    vote = Vote(battle_id=battle.id, voter_id=voter.id, winner=winner, created_at=cast, revealed_at=revealed_at)
     view.ended = "voted"
     s.add(vote)
     try:
@@ -407,6 +414,35 @@ def record_vote(s: Session, voter: Voter, battle_id: str, winner: str) -> Vote:
         s.rollback()
         raise AlreadyVoted("you have already voted on this battle") from e
     return vote
+
+
+def undo_vote(s: Session, voter: Voter, battle_id: str, undo_s: float, ttl_s: float) -> None:
+    """Take back the voter's vote on `battle_id` if it was cast less than `undo_s` ago and its models
+    have not been revealed to them; the battle is theirs to vote on again (under new image URLs).
+    One conditional DELETE, so an undo racing the window's end or a reveal either happens or not."""
+    battle = battle_for_voter(s, voter, battle_id)
+    t = now()
+    gone = s.execute(
+        delete(Vote).where(
+            Vote.battle_id == battle.id,
+            Vote.voter_id == voter.id,
+            Vote.created_at > t - dt.timedelta(seconds=undo_s),
+            or_(Vote.revealed_at.is_(None), Vote.revealed_at > t),
+        )
+    ).rowcount
+    if not gone:
+        s.rollback()
+        raise TooLate("this vote can no longer be undone" if vote_of(s, voter, battle.id) else "you have no vote on this battle")
+    view = s.scalar(select(View).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended == "voted"))
+    view.ended, view.expires_at = None, t + dt.timedelta(seconds=ttl_s)
+    _fresh_urls(view)
+    s.commit()
+
+
+def undo_left_s(vote: Vote, undo_s: float) -> float:
+    """Seconds until `vote` can no longer be undone (≤ 0: already too late)."""
+    created = vote.created_at if vote.created_at.tzinfo else vote.created_at.replace(tzinfo=dt.timezone.utc)  # SQLite drops the zone
+    return (created + dt.timedelta(seconds=undo_s) - now()).total_seconds()
 
 
 def voted_battles(s: Session, voter: Voter) -> list[str]:
@@ -418,26 +454,31 @@ def vote_of(s: Session, voter: Voter, battle_id: str) -> Vote | None:
     return s.scalar(select(Vote).where(Vote.battle_id == battle_id, Vote.voter_id == voter.id))
 
 
-def reveal(s: Session, voter: Voter, battle: Battle) -> tuple[Vote, View, str | None]:
+def reveal(s: Session, voter: Voter, battle: Battle, undo_s: float = 0) -> tuple[Vote, View, str | None]:
     """The voter's vote on `battle`, a view of it under new URLs, and why its models are withheld
-    (None once the arena lets them see the models: after_vote at once, end once no battle is left
-    for them, then all their votes together, never not at all). The page is the vote's
-    acknowledgement either way."""
+    (None once the arena lets them see the models: after_vote once the vote's undo window has closed,
+    end once no battle is left for them and none of their votes can still be undone, then all their
+    votes together, never not at all). The page is the vote's acknowledgement either way."""
     vote = vote_of(s, voter, battle.id)
     if vote is None:
         raise Forbidden("vote on this battle first; the models are revealed after your vote")
     withheld = None
-    if vote.revealed_at is None:
-        mode = s.get(Arena, voter.arena_id).reveal
+    mode = s.get(Arena, voter.arena_id).reveal
+    t = now()
+    if not s.scalar(select(func.count()).select_from(Vote).where(Vote.id == vote.id, Vote.revealed_at <= t)):
         if mode == "never":
             withheld = "This arena does not show which model made which image."
+        elif mode == "after_vote":
+            withheld = "Which model made which image is shown once this vote can no longer be undone."
         elif _candidates(s, voter):
             withheld = "Which model made which image is shown once you have voted on every battle."
+        elif s.scalar(select(Vote.id).where(Vote.voter_id == voter.id, Vote.created_at > t - dt.timedelta(seconds=undo_s)).limit(1)):
+            withheld = "Which model made which image is shown once your last vote can no longer be undone."
         else:
-            s.execute(update(Vote).where(Vote.voter_id == voter.id, Vote.revealed_at.is_(None)).values(revealed_at=now()))
+            s.execute(update(Vote).where(Vote.voter_id == voter.id, Vote.revealed_at.is_(None)).values(revealed_at=t))
     view = s.scalar(select(View).where(View.voter_id == voter.id, View.battle_id == battle.id, View.ended == "voted"))
     if view is None:  # a vote cast before views existed
-        view = View(battle_id=battle.id, voter_id=voter.id, expires_at=now(), ended="voted")
+        view = View(battle_id=battle.id, voter_id=voter.id, expires_at=t, ended="voted")
         s.add(view)
     _fresh_urls(view)
     s.commit()
@@ -466,8 +507,8 @@ def image_for_url(s: Session, url_token: str, voter: Voter) -> bytes | None:
 
 
 def votes_frame(s: Session, arena: Arena) -> pd.DataFrame:
-    """Every vote as one battle row in our schema: battle_id, sample_id, model_a, model_b, winner,
-    judge ('human'), voter, time — what `nbeval arena leaderboard battles=…` reads."""
+    """Every vote as one battle row in our schema: battle_id, sample_id, model_a, model_b, winner
+    (skip where the voter could not tell), judge ('human'), voter, time — what `nbeval arena leaderboard battles=…` reads."""
     q = (
         _battles_with_models(arena.id)
         .add_columns(Vote.winner, Voter.name.label("voter"), Vote.created_at.label("time"))
@@ -481,6 +522,11 @@ def votes_frame(s: Session, arena: Arena) -> pd.DataFrame:
     return df.assign(judge="human")[["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "voter", "time"]]
 
 
+def decided(votes: pd.DataFrame) -> pd.DataFrame:
+    """The votes that say which image is better (or that they tie): what the ratings are fitted on."""
+    return votes[votes["winner"] != SKIP]
+
+
 def counts(s: Session, arena: Arena) -> dict[str, int]:
     def n(model, *where) -> int:
         return int(s.scalar(select(func.count()).select_from(model).where(*where)))
@@ -490,5 +536,6 @@ def counts(s: Session, arena: Arena) -> dict[str, int]:
         "battles": n(Battle, Battle.arena_id == arena.id),
         "voters": n(Voter, Voter.arena_id == arena.id),
         "votes": int(s.scalar(select(func.count()).select_from(Vote).join(Battle, Battle.id == Vote.battle_id).where(Battle.arena_id == arena.id))),
+        "skips": int(s.scalar(select(func.count()).select_from(Vote).join(Battle, Battle.id == Vote.battle_id).where(Battle.arena_id == arena.id, Vote.winner == SKIP))),
         "rerolls": int(s.scalar(select(func.count()).select_from(View).join(Battle, Battle.id == View.battle_id).where(Battle.arena_id == arena.id, View.ended == "rerolled"))),
     }

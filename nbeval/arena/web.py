@@ -17,6 +17,7 @@ import base64
 import binascii
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
@@ -38,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nbeval.arena import store
 from nbeval.arena.db import Voter, make_engine, make_sessions
 from nbeval.arena.publish import plot_ratings
-from nbeval.arena.ratings import leaderboard
+from nbeval.arena.ratings import leaderboard, skip_rates
 from nbeval.plots import figure_data_uri
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -64,6 +65,7 @@ class ServerConfig:
     max_form_kb: int = 64  # any other request body (a voter's form)
     battle_ttl_s: int = 900  # an assigned battle not voted on within this is taken back
     rerolls_per_minute: int = 10  # per voter: passing over battles to fish for one whose sides are known is slow
+    undo_s: int = 10  # a vote can be taken back this long; in reveal=after_vote arenas the models are shown only after it
 
 
 class RateLimiter:
@@ -299,16 +301,23 @@ def create_app(config: ServerConfig) -> FastAPI:
         wait = vote_limit.retry_after(str(v.id))
         if wait:
             raise Refused(429, "too many votes too fast; slow down", retry_header(wait))
-        store.record_vote(s, v, battle_id, winner)  # returns after the commit
+        store.record_vote(s, v, battle_id, winner, config.undo_s)  # returns after the commit
         return RedirectResponse(f"/reveal/{battle_id}", status_code=303)
+
+    @app.post("/undo")
+    def undo(request: Request, battle_id: str = Form(..., max_length=64), csrf: str = Form(...), v: Voter = Depends(voter), s: Session = Depends(db)):
+        check_csrf(request, csrf)
+        store.undo_vote(s, v, battle_id, config.undo_s, config.battle_ttl_s)
+        return RedirectResponse("/battle", status_code=303)
 
     @app.get("/reveal/{battle_id}", response_class=HTMLResponse)
     def reveal(request: Request, battle_id: str, v: Voter = Depends(voter), s: Session = Depends(db)):
         battle = store.battle_for_voter(s, v, battle_id)
-        cast, view, withheld = store.reveal(s, v, battle)
+        cast, view, withheld = store.reveal(s, v, battle, config.undo_s)
         model_a, model_b = store.models_of(s, battle) if withheld is None else (None, None)
+        undo_left = max(0, math.ceil(store.undo_left_s(cast, config.undo_s)))
         return page(request, "reveal.html", view=view, prompt=store.prompt_of(s, battle), model_a=model_a, model_b=model_b, withheld=withheld,
-                    winner=cast.winner, csrf=csrf_of(request))
+                    winner=cast.winner, battle_id=battle.id, undo_left=undo_left, csrf=csrf_of(request))
 
     @app.get("/i/{url_token}")
     def image(url_token: str, v: Voter = Depends(voter), s: Session = Depends(db)):
@@ -321,11 +330,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     def leaderboard_page(request: Request, v: Voter = Depends(voter), s: Session = Depends(db)):
         arena = store.get_arena(s, v.arena_id)
         votes = store.votes_frame(s, arena)
+        fitted = store.decided(votes)
         board, plot = None, None
-        if len(votes) and votes[["model_a", "model_b"]].stack().nunique() >= 2:
-            board = leaderboard(votes)
+        if len(fitted) and fitted[["model_a", "model_b"]].stack().nunique() >= 2:
+            board = leaderboard(fitted)
             plot = figure_data_uri(plot_ratings(board))
-        return page(request, "leaderboard.html", arena=arena, board=board, plot=plot, n_votes=len(votes), csrf=csrf_of(request))
+        return page(request, "leaderboard.html", arena=arena, board=board, plot=plot, n_votes=len(fitted), skips=skip_rates(votes) if len(votes) else None,
+                    csrf=csrf_of(request))
 
     # --- admin ----------------------------------------------------------------------------------
 

@@ -1,0 +1,39 @@
+"""Every suite's metrics, CIs included, equal to the last digit those the code computed when
+tests/data/golden_metrics.json was recorded (its `command`): speed work (cached aggregates,
+vectorised bootstraps, plots from the computed metrics) must change no number. Each recorded run is
+made once per session, cold and then warm (everything from its cache, aggregates included), and
+every suite of both compared against it. Slow: OCR makes it about 20 minutes on a busy 2-core machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from golden.metrics import FILE, RUNS, canonical, metrics
+
+GOLDEN = json.loads(FILE.read_text())["runs"]
+
+
+@pytest.fixture(scope="session")
+def computed(tmp_path_factory):
+    """(run name, "cold" | "warm") → suite → metrics, as the current code computes them (each run made
+    on first use, its warm repeat right after on the same cache)."""
+    made: dict[tuple[str, str], dict] = {}
+
+    def get(run: str, cache: str) -> dict:
+        if (run, cache) not in made:
+            workdir = tmp_path_factory.mktemp(run)
+            made[run, "cold"] = metrics(RUNS[run], workdir, "cold")
+            made[run, "warm"] = metrics(RUNS[run], workdir, "warm")
+        return made[run, cache]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+@pytest.mark.parametrize("run,suite", [(run, suite) for run, rec in GOLDEN.items() for suite in rec["metrics"]])
+def test_metrics_equal_the_recorded_ones(computed, run, suite, cache):
+    assert canonical(computed(run, cache)[suite]) == canonical(GOLDEN[run]["metrics"][suite])
+

@@ -193,7 +193,8 @@ def test_a_database_from_before_views_is_migrated_and_its_reveals_count(arena_se
     with engine.begin() as c:  # back to the schema the previous version created
         for table in ("views", "voter_sessions"):
             c.execute(sa.text(f"DROP TABLE {table}"))
-        old_columns = (("arenas", "reveal"), ("arenas", "aspect"), ("images", "width"), ("images", "height"), ("voters", "expires_at"), ("voters", "revoked_at"), ("votes", "revealed_at"))
+        old_columns = (("arenas", "reveal"), ("arenas", "aspect"), ("images", "width"), ("images", "height"), ("voters", "expires_at"), ("voters", "revoked_at"), ("votes", "revealed_at"),
+                       ("images", "suite"), ("images", "tags"))
         for table, column in old_columns:
             c.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     engine.dispose()

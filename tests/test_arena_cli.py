@@ -13,6 +13,7 @@ import pytest
 from conftest import ADMIN_KEY, run_cli
 
 from nbeval.arena.client import form_fields, sign_in
+from nbeval.arena.ratings import leaderboard
 
 
 @pytest.mark.slow
@@ -56,6 +57,22 @@ def test_runs_become_an_arena_whose_votes_make_a_leaderboard(arena_server, tmp_p
     assert r.returncode == 0, r.stderr
     board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
     assert sorted(board["model"]) == ["oracle", "oracle_drop"] and list(board["battles"]) == [12, 12]
+    # human votes carry their sample's suite and tags, so they rank per category like any battles file
+    samples = pd.read_parquet(tmp_path / "oracle" / "counting" / "samples.parquet").set_index("sample_id")
+    assert set(votes["suite"]) == {"counting"}
+    for v in votes.itertuples():
+        assert v.tags == [f"{k}={t}" for k, t in json.loads(samples.at[v.sample_id, "tags"]).items()] and v.tags
+    for by in ("suite", "tags"):
+        r = run_cli(["arena", "leaderboard", f"battles={tmp_path / 'votes.jsonl'}", f"out={tmp_path / 'board'}", "mlflow=false", f"by={by}"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        per = pd.read_csv(tmp_path / "board" / f"leaderboard_by_{by}.csv")
+        categories = {"counting"} if by == "suite" else {t for tags in votes["tags"] for t in tags}
+        assert set(per["category"]) == categories and set(per["model"]) == {"oracle", "oracle_drop"}
+        for category, rows in per.groupby("category"):
+            in_category = votes[[category == v.suite or category in v.tags for v in votes.itertuples()]]
+            assert rows["battles"].tolist() == [len(in_category)] * 2
+            alone = leaderboard(in_category, rounds=100).set_index("model")["rating"]  # the CLI's default rounds and seed
+            assert (rows.set_index("model")["rating"] - alone[rows["model"]]).abs().max() < 1e-6
 
     bad = run_cli(["arena", "import", f"url={server.url}", f"arena={arena}", "suite=counting", f"runs={tmp_path / 'nope'}"], tmp_path, env)
     assert bad.returncode == 1 and "generations.parquet not found" in bad.stderr

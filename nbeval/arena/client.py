@@ -28,8 +28,8 @@ class AdminClient:
         body = {"name": name, "sampling": sampling, "image_size": image_size, "reveal": reveal, "aspect": aspect}
         return self._ok(self.http.post("/admin/arenas", json=body))["id"]
 
-    def import_generations(self, arena_id: str, items: list[tuple[str, str, str, Image.Image | bytes]], batch: int = 64, batch_mb: float = 32) -> dict[str, int]:
-        """items: (model, sample_id, prompt, image). Sent in requests of at most `batch` items and
+    def import_generations(self, arena_id: str, items: list[tuple], batch: int = 64, batch_mb: float = 32) -> dict[str, int]:
+        """items: (model, sample_id, prompt, image[, suite, tags]). Sent in requests of at most `batch` items and
         `batch_mb` of base64 (the server reads no request past its max_import_mb); returns summed counts."""
         total = {"images_added": 0, "battles_added": 0}
         body: list[dict] = []
@@ -39,11 +39,11 @@ class AdminClient:
             total.update({key: total[key] + got[key] for key in total})
             body.clear()
 
-        for m, sid, p, img in items:
+        for m, sid, p, img, *category in items:
             b64 = base64.b64encode(_png(img)).decode()
             if body and (len(body) == batch or sum(len(g["image_b64"]) for g in body) + len(b64) > batch_mb * 2**20):
                 send()
-            body.append({"model": m, "sample_id": sid, "prompt": p, "image_b64": b64})
+            body.append({"model": m, "sample_id": sid, "prompt": p, "image_b64": b64, **dict(zip(("suite", "tags"), category))})
         if body:
             send()
         return total
@@ -83,9 +83,10 @@ async def sign_in(http: httpx.AsyncClient, token: str) -> None:
         raise RuntimeError(f"sign-in failed: {r.status_code} {r.text[:200]}")
 
 
-def generations_from_run(run_dir: Path, suite: str) -> list[tuple[str, str, str, Image.Image]]:
-    """(model, sample_id, prompt, image) of a finished `nbeval run` folder's first-turn generations
-    of `suite`, images from the run's cache — what `nbeval arena import` sends to an arena."""
+def generations_from_run(run_dir: Path, suite: str) -> list[tuple[str, str, str, Image.Image, str, list[str]]]:
+    """(model, sample_id, prompt, image, suite, tags) of a finished `nbeval run` folder's first-turn
+    generations of `suite`, images from the run's cache — what `nbeval arena import` sends to an
+    arena. Tags are the sample's as "key=value", so votes can be ranked per category."""
     import json
 
     import pandas as pd
@@ -97,5 +98,6 @@ def generations_from_run(run_dir: Path, suite: str) -> list[tuple[str, str, str,
         raise FileNotFoundError(f"{tables}/generations.parquet not found: is {run_dir} a run folder with suite {suite!r}?")
     cache = Cache(json.loads((run_dir / "results.json").read_text())["config"]["cache_dir"])
     gens = pd.read_parquet(tables / "generations.parquet").query("turn == 0 and error.isna()", engine="python")
-    prompts = pd.read_parquet(tables / "samples.parquet").set_index("sample_id")["prompt"]
-    return [(g.model, g.sample_id, prompts[g.sample_id], cache.get_image(g.image_sha256)) for g in gens.itertuples()]
+    samples = pd.read_parquet(tables / "samples.parquet").set_index("sample_id")
+    tags = {sid: [f"{k}={v}" for k, v in json.loads(t).items()] for sid, t in samples["tags"].items()}
+    return [(g.model, g.sample_id, samples.at[g.sample_id, "prompt"], cache.get_image(g.image_sha256), suite, tags[g.sample_id]) for g in gens.itertuples()]

@@ -75,6 +75,8 @@ class BlindImage(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)  # as imported (None: imported before sizes were kept)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+    suite: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the sample's, for per-category leaderboards
+    tags: Mapped[str | None] = mapped_column(Text, nullable=True)  # the sample's, a JSON list of "key=value"
 
 
 class Battle(Base):
@@ -171,6 +173,8 @@ ADDED_COLUMNS = [
     ("arenas", "aspect", "VARCHAR(8) NOT NULL DEFAULT 'refuse'", None),
     ("images", "width", "INTEGER", None),
     ("images", "height", "INTEGER", None),
+    ("images", "suite", "VARCHAR(100)", None),
+    ("images", "tags", "TEXT", None),
     ("voters", "expires_at", "TIMESTAMP", None),
     ("voters", "revoked_at", "TIMESTAMP", None),
     ("votes", "revealed_at", "TIMESTAMP", "UPDATE votes SET revealed_at = created_at"),

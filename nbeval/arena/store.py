@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import itertools
+import json
 import secrets
 import threading
 import time
@@ -142,6 +143,8 @@ class Generation:
     sample_id: str
     prompt: str
     image: bytes
+    suite: str | None = None  # the sample's suite and tags, exported with its votes (leaderboards by category)
+    tags: tuple[str, ...] = ()
 
 
 def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dict[str, int]:
@@ -171,7 +174,8 @@ def import_generations(s: Session, arena: Arena, items: list[Generation]) -> dic
             raise ArenaError(f"{g.model}/{g.sample_id}: {e}") from e
         if arena.aspect == "refuse":
             _check_aspect(s, arena, g, w, h)
-        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=png, width=w, height=h))
+        s.add(BlindImage(arena_id=arena.id, model=g.model, sample_id=g.sample_id, prompt=g.prompt, source_sha256=sha, png=png, width=w, height=h,
+                         suite=g.suite, tags=json.dumps(list(g.tags))))
         added += 1
     s.flush()
     battles = _pair_new_images(s, arena)
@@ -508,18 +512,21 @@ def image_for_url(s: Session, url_token: str, voter: Voter) -> bytes | None:
 
 def votes_frame(s: Session, arena: Arena) -> pd.DataFrame:
     """Every vote as one battle row in our schema: battle_id, sample_id, model_a, model_b, winner
-    (skip where the voter could not tell), judge ('human'), voter, time — what `nbeval arena leaderboard battles=…` reads."""
+    (skip where the voter could not tell), judge ('human'), voter, time, and the sample's suite and
+    tags (a list: `leaderboards_by(votes, "tags")` counts a vote in each) — what `nbeval arena
+    leaderboard battles=… [by=suite|tags]` reads."""
     q = (
         _battles_with_models(arena.id)
-        .add_columns(Vote.winner, Voter.name.label("voter"), Vote.created_at.label("time"))
+        .add_columns(Vote.winner, Voter.name.label("voter"), Vote.created_at.label("time"), ImageA.suite, ImageA.tags)
         .join(Vote, Vote.battle_id == Battle.id)
         .join(Voter, Voter.id == Vote.voter_id)
         .order_by(Vote.id)
     )
     rows = s.execute(q).all()
-    cols = ["battle_id", "sample_id", "model_a", "model_b", "winner", "voter", "time"]
+    cols = ["battle_id", "sample_id", "model_a", "model_b", "winner", "voter", "time", "suite", "tags"]
     df = pd.DataFrame([tuple(r) for r in rows], columns=cols)
-    return df.assign(judge="human")[["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "voter", "time"]]
+    df["tags"] = [json.loads(t) if t else [] for t in df["tags"]]
+    return df.assign(judge="human")[["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "voter", "time", "suite", "tags"]]
 
 
 def decided(votes: pd.DataFrame) -> pd.DataFrame:

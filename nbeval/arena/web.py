@@ -148,6 +148,8 @@ class ImportItem(BaseModel):
     sample_id: str = Field(min_length=1, max_length=200)
     prompt: str = Field(max_length=10_000)
     image_b64: str
+    suite: str | None = Field(default=None, max_length=100)
+    tags: list[str] = Field(default_factory=list, max_length=100)
 
 
 class ImportBody(BaseModel):
@@ -359,7 +361,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 data = base64.b64decode(g.image_b64, validate=True)
             except binascii.Error:
                 raise Refused(422, f"{g.model}/{g.sample_id}: image_b64 is not base64") from None
-            items.append(store.Generation(g.model, g.sample_id, g.prompt, data))
+            items.append(store.Generation(g.model, g.sample_id, g.prompt, data, g.suite, tuple(g.tags)))
         return store.import_generations(s, arena, items)
 
     @app.post("/admin/arenas/{arena_id}/voters")

@@ -10,6 +10,8 @@
 - Generations are keyed by (model fingerprint, sample key + image size, turn) — the model is part of the key, so
   one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
   sha256, truth hash). Only successes are cached; a failure is retried on the next run.
+- Aggregates (a suite's metrics with their CIs) are keyed by a hash of what they depend on
+  (`runner.aggregate`: the tables' content, the suite's version, params and aggregation code).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS scores (
     reading TEXT NOT NULL,
     PRIMARY KEY (scorer_fp, image_sha256, truth_hash)
 );
+CREATE TABLE IF NOT EXISTS aggregates (key TEXT PRIMARY KEY, metrics TEXT NOT NULL);
 """
 
 
@@ -179,6 +182,15 @@ class Cache:
                 "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
                 [(scorer_fp, sha, th, json.dumps(r, sort_keys=True)) for sha, th, r in items],
             )
+
+    # -- aggregate index ------------------------------------------------------------------------
+    def get_aggregate(self, key: str) -> dict | None:
+        row = self.conn.execute("SELECT metrics FROM aggregates WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_aggregate(self, key: str, metrics: dict) -> None:
+        """Metric name → estimate as a dict, in the suite's order (floats round-trip exactly, NaN too)."""
+        self.conn.execute("INSERT OR REPLACE INTO aggregates VALUES (?, ?)", (key, json.dumps(metrics, default=lambda x: x.item())))
 
     def stats(self) -> dict[str, int]:
         n_gen = self.conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]

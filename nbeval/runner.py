@@ -9,10 +9,15 @@ columns, are the whole run row for row.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,7 @@ from nbeval.records import (
     scores_frame,
 )
 from nbeval.scorers.base import Scorer
+from nbeval.stats import Estimate
 from nbeval.suite import Suite, SuiteResult
 
 log = logging.getLogger(__name__)
@@ -204,6 +210,53 @@ def run_order(table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[key].reset_index(drop=True)
 
 
+def frame_hash(df: pd.DataFrame) -> str:
+    """sha256 of a table's columns, dtypes, index and every value (pandas' per-row hashes)."""
+    h = hashlib.sha256(content_hash([[str(c) for c in df.columns], [str(t) for t in df.dtypes]]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=True).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(cls: type) -> str:
+    """sha256 of the source of the modules a suite's aggregation runs: those defining its class and
+    its bases, and the modules of their package they import names from (nbeval.stats, …), so an edit
+    to that code never serves numbers it would no longer compute."""
+    ours = {"nbeval", cls.__module__.split(".")[0]}
+    modules = {}
+    for base in cls.__mro__:
+        module = sys.modules.get(base.__module__)
+        if module is None or base.__module__.split(".")[0] not in ours:
+            continue
+        modules[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.split(".")[0] in ours and name in sys.modules:
+                modules[name] = sys.modules[name]
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        source = inspect.getsourcefile(modules[name])
+        h.update(f"{name}\0".encode() + (Path(source).read_bytes() if source else b""))
+    return h.hexdigest()
+
+
+def aggregate(suite: Suite, scores: pd.DataFrame, samples: pd.DataFrame, cache: Cache) -> dict[str, Estimate]:
+    """`suite.aggregate(scores, samples)`, served from the cache when the same suite (class, version,
+    params, aggregation code) has aggregated the same tables before: a warm run repeats no bootstrap."""
+    try:
+        key = content_hash({"suite": f"{type(suite).__module__}.{type(suite).__qualname__}", "name": suite.name, "version": suite.version,
+                            "params": suite.params(), "code": code_fingerprint(type(suite)),
+                            "scores": frame_hash(scores), "samples": frame_hash(samples)})
+    except TypeError:  # a table or params pandas or JSON cannot hash: compute, don't cache
+        return suite.aggregate(scores, samples)
+    known = cache.get_aggregate(key)
+    if known is not None:
+        return {name: Estimate(**est) for name, est in known.items()}
+    metrics = suite.aggregate(scores, samples)
+    cache.put_aggregate(key, {name: est.to_dict() for name, est in metrics.items()})
+    return metrics
+
+
 def score_suite(
     suite: Suite,
     model: ModelAdapter,
@@ -261,7 +314,7 @@ def score_suite(
     scores = run_order(scores_frame(rows, index))
     samples_df = samples_frame(samples, start)
     valid = scores[scores["error"].isna()]
-    metrics = suite.aggregate(valid, samples_df) if len(valid) else {}
+    metrics = aggregate(suite, valid, samples_df, cache) if len(valid) else {}
     t4 = time.perf_counter()
     return SuiteResult(
         suite,

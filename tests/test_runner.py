@@ -39,3 +39,24 @@ def test_a_suite_without_target_is_built_from_the_entry_point_registry(compose_c
     assert res["suites"]["counting"]["metrics"]["exact_accuracy"]["value"] == 1.0
     with pytest.raises(KeyError, match="did you mean counting"):
         load("countng")
+
+
+def test_aggregates_come_from_the_cache_for_the_same_tables_and_suite(compose_cfg, cache, monkeypatch):
+    import json
+
+    cfg = compose_cfg(["suite=[counting]"])
+    counter, suite = instantiate(cfg.scorer.counter), instantiate(cfg.suite.counting)
+    computed = []
+    aggregate = type(suite).aggregate
+    monkeypatch.setattr(type(suite), "aggregate", lambda self, scores, samples: computed.append(len(scores)) or aggregate(self, scores, samples))
+
+    def run(n: int = 8):
+        result = score_suite(suite, OracleAdapter(corruption="drop", severity=1), lambda role: counter, cache, n, 0, 4)
+        return json.dumps({k: v.to_dict() for k, v in result.metrics.items()})  # in order, NaN included
+
+    first = run()
+    assert run() == first and len(computed) == 1, "the same tables and suite: the metrics come from the cache"
+    run(n=12)
+    assert len(computed) == 2, "other tables"
+    suite.version = "changed"
+    assert run() == first and len(computed) == 3, "another suite version"

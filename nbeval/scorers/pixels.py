@@ -104,13 +104,13 @@ class MaskedSimilarity(Scorer):
             self._lpips = load_lpips(self.lpips_net, path)
 
     def settings(self) -> dict:
-        import torchmetrics
+        from importlib.metadata import version  # not torchmetrics.__version__: importing it costs seconds a warm run never needs
 
         out = {
             "version": 1,
             "ssim": {"kernel": _KERNEL, "sigma": _SIGMA, "data_range": 1.0, "colour": "RGB"},
             "psnr_cap": self.psnr_cap,
-            "torchmetrics": torchmetrics.__version__,
+            "torchmetrics": version("torchmetrics"),
             "renderer": renderer_fingerprint(),
         }
         if self._lpips is not None:  # only when on, so runs without LPIPS keep their fingerprint

@@ -16,6 +16,7 @@ import io
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,22 @@ class VoterLog:
     refused_replays: int = 0
     accepted_replays: int = 0  # must stay 0
     throttled: int = 0
+    cut_off: bool = False  # the server went away mid-request (a crash test): that vote was never acknowledged
 
 
-async def _voter(base_url: str, name: str, token: str, votes: int, replay_every: int, offset: int) -> VoterLog:
+async def _voter(base_url: str, name: str, token: str, votes: int, replay_every: int, offset: int, until_crash: bool = False) -> VoterLog:
     log = VoterLog(name)
+    try:
+        await _vote(log, base_url, token, votes, replay_every, offset)
+    except httpx.TransportError:
+        if not until_crash:
+            raise
+        log.cut_off = True
+    return log
+
+
+async def _vote(log: VoterLog, base_url: str, token: str, votes: int, replay_every: int, offset: int) -> None:
+    name = log.name
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
         await sign_in(http, token)
         while len(log.acknowledged) < votes:
@@ -59,7 +72,6 @@ async def _voter(base_url: str, name: str, token: str, votes: int, replay_every:
                     log.refused_replays += 1
                 elif again.status_code != 429:
                     log.accepted_replays += 1
-    return log
 
 
 @dataclass
@@ -76,13 +88,14 @@ class LoadResult:
         return self.votes / self.seconds
 
 
-def run_load(base_url: str, tokens: dict[str, str], votes_per_voter: int, replay_every: int = 10) -> LoadResult:
+def run_load(base_url: str, tokens: dict[str, str], votes_per_voter: int, replay_every: int = 10, until_crash: bool = False) -> LoadResult:
     """Every voter at once, each as fast as the server answers, one request in flight per voter
     (like a person's browser: read the battle page, post the form); every `replay_every`-th vote is
-    posted a second time, which the server must refuse."""
+    posted a second time, which the server must refuse. `until_crash`: a voter whose connection
+    fails stops there (`cut_off`) instead of raising."""
 
     async def all_voters():
-        return await asyncio.gather(*(_voter(base_url, n, t, votes_per_voter, replay_every, i) for i, (n, t) in enumerate(tokens.items())))
+        return await asyncio.gather(*(_voter(base_url, n, t, votes_per_voter, replay_every, i, until_crash) for i, (n, t) in enumerate(tokens.items())))
 
     t0 = time.perf_counter()
     logs = asyncio.run(all_voters())
@@ -132,6 +145,33 @@ def load_test(db_url: str, workdir: Path, voters: int, votes: int, prompts: int)
             "replays_refused": sum(v.refused_replays for v in result.voters), "replays_accepted": sum(v.accepted_replays for v in result.voters),
             "throttled": sum(v.throttled for v in result.voters), "seconds": round(result.seconds, 2),
             "votes_per_s": round(result.votes_per_s, 1), **seeded}
+
+
+def crash_test(db_url: str, workdir: Path, voters: int, kill_after_s: float, prompts: int = 50) -> dict:
+    """`voters` vote flat out; after `kill_after_s` the server gets SIGKILL (a crash: no shutdown, no
+    flush beyond what each commit did), then starts again on the same database. Every acknowledged
+    vote must be stored exactly once; a vote in flight at the kill may be stored or not (at most one
+    per voter, `unacknowledged_stored`), and the restarted server must take votes again."""
+    server = ArenaServer(db_url, workdir, admin_key=os.urandom(16).hex(), logins_per_minute=100_000)
+    try:
+        arena = server.admin.create_arena(f"crash test {os.urandom(4).hex()}", reveal="end")
+        server.admin.import_generations(arena, demo_generations(prompts))
+        tokens = server.admin.invite(arena, [f"voter{i:03d}" for i in range(voters)])
+        killer = threading.Timer(kill_after_s, server.kill)
+        killer.start()
+        result = run_load(server.url, tokens, 3 * prompts, until_crash=True)
+        killer.join()
+        server.start()
+        stored = stored_votes(server.admin, arena)
+        after = run_load(server.url, dict(list(tokens.items())[:1]), 1, replay_every=0)  # a voter's fresh sign-in votes again
+    finally:
+        server.stop()
+    lost, _ = lost_and_duplicated(result, stored)
+    acked = {(v.name, b) for v in result.voters for b in v.acknowledged}
+    keys = list(zip(stored["voter"], stored["battle_id"]))
+    return {"voters": voters, "kill_after_s": kill_after_s, "acknowledged": result.votes, "stored": len(stored), "lost": lost,
+            "duplicated": len(keys) - len(set(keys)), "unacknowledged_stored": len(set(keys) - acked),
+            "cut_off": sum(v.cut_off for v in result.voters), "votes_after_restart": after.votes, "restart_s": round(server.start_seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:

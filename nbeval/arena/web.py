@@ -4,8 +4,9 @@ Voters sign in with an invite token and get a signed session cookie (HttpOnly, S
 Secure over HTTPS) naming a server-side session, which holds their CSRF token (every form posts it
 back) and ends at sign-out or when the invite expires or is revoked. A battle page shows the prompt and two
 images re-encoded blind (see `store.blind_png`) under URLs made for that one view (`store.show_battle`);
-the battle is the voter's until they vote, re-roll it (rate-limited) or it expires. Model names appear
-only on the reveal page, as the arena's `reveal` mode allows (`store.reveal`). Admin endpoints (JSON, `Authorization: Bearer
+the battle is the voter's until they vote (or say "can't tell", a vote left out of the ratings), re-roll
+it (rate-limited) or it expires; a vote can be undone for `undo_s` while its models are still withheld.
+Model names appear only on the reveal page, as the arena's `reveal` mode allows (`store.reveal`). Admin endpoints (JSON, `Authorization: Bearer
 <admin key>`) create arenas, import generations, invite and revoke voters and export votes.
 
 `Guard`, outermost, refuses oversized bodies and wrong admin keys before a body is read.

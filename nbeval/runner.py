@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import re
 import sys
@@ -30,6 +31,7 @@ from nbeval.records import (
     Generation,
     Sample,
     Score,
+    canonical_json,
     content_hash,
     generations_frame,
     samples_frame,
@@ -161,9 +163,10 @@ def read(scorer: Scorer, items: list[tuple[str, dict]], cache: Cache, batch_size
                         readings.append(e)
             done = []
             for i, r in zip(batch, readings):
-                out[i] = r
                 if not isinstance(r, BaseException):
+                    r = json.loads(canonical_json(r))  # as the cache gives it back (keys sorted): cold and warm runs make the same tables
                     done.append((keys[i][0], keys[i][1], r))
+                out[i] = r
             cache.put_readings(fp, done)
             bar.update(len(batch))
     return out, len(items) - len(pending)  # type: ignore[return-value]

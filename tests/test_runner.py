@@ -60,3 +60,22 @@ def test_aggregates_come_from_the_cache_for_the_same_tables_and_suite(compose_cf
     assert len(computed) == 2, "other tables"
     suite.version = "changed"
     assert run() == first and len(computed) == 3, "another suite version"
+
+
+def test_a_fresh_reading_is_what_the_cache_gives_back(cache):
+    """Key order included: suites make rows in a reading's order, so a cold and a warm run would
+    otherwise make the same scores in another row order (and miss the aggregate cache)."""
+    from PIL import Image
+
+    from nbeval.runner import read
+    from nbeval.scorers.base import Scorer
+
+    class Unsorted(Scorer):
+        def read(self, images, truths):
+            return [{"preservation": {"ssim": 1.0}, "fidelity": {"ssim": 0.5, "kept": 1.0}} for _ in images]
+
+    items = [(cache.put_image(Image.new("RGB", (8, 8))), {})]
+    (cold,), hits = read(Unsorted(), items, cache, 4, "test")
+    (warm,), hits_again = read(Unsorted(), items, cache, 4, "test")
+    assert (hits, hits_again) == (0, 1)
+    assert cold == warm and list(cold) == list(warm) == ["fidelity", "preservation"] and list(cold["fidelity"]) == ["kept", "ssim"]

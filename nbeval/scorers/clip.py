@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
 from torchmetrics import Metric
@@ -57,8 +58,6 @@ class ClipBackbone:
 def load_backbone(name: str = NBCLIP_NAME, pretrained: str | None = str(DEFAULT_WEIGHTS), cache_dir: str | None = None) -> ClipBackbone:
     """`pretrained`: a local weight file (.safetensors/.bin/.pt), an open_clip tag already in
     `cache_dir`, or None for random weights (training only)."""
-    import open_clip  # here, not at the top: seconds of imports a run whose readings are all cached never needs
-
     open_clip.add_model_config(WEIGHTS_DIR)  # registers nbclip-world; idempotent
     sha = None
     if pretrained is not None and (Path(pretrained).suffix or "/" in pretrained):

@@ -2,7 +2,7 @@
 tests/data/golden_metrics.json was recorded (its `command`): speed work (cached aggregates,
 vectorised bootstraps, plots from the computed metrics) must change no number. Each recorded run is
 made once per session, cold and then warm (everything from its cache, aggregates included), and
-every suite of both compared against it. Slow: OCR makes it about 20 minutes on a busy 2-core machine."""
+every suite of both compared against it. Slow: OCR makes it 20-40 minutes on a busy 2-core machine."""
 
 from __future__ import annotations
 

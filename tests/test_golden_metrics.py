@@ -2,7 +2,8 @@
 tests/data/golden_metrics.json was recorded (its `command`): speed work (cached aggregates,
 vectorised bootstraps, plots from the computed metrics) must change no number. Each recorded run is
 made once per session, cold and then warm (everything from its cache, aggregates included), and
-every suite of both compared against it. Slow: OCR makes it 20-40 minutes on a busy 2-core machine."""
+every suite of both compared against it. OCR makes it 20-40 minutes on a busy 2-core machine, so it is
+left out of the default run (CI) and run before speed work lands: `pytest -m golden`."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def computed(tmp_path_factory):
     return get
 
 
-@pytest.mark.slow
+@pytest.mark.golden
 @pytest.mark.parametrize("cache", ["cold", "warm"])
 @pytest.mark.parametrize("run,suite", [(run, suite) for run, rec in GOLDEN.items() for suite in rec["metrics"]])
 def test_metrics_equal_the_recorded_ones(computed, run, suite, cache):

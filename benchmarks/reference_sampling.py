@@ -7,6 +7,7 @@ batches, for the default settings and the cheaper ones.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -38,8 +39,10 @@ def main() -> None:
     lines = [
         "# Reference model sampling speed",
         "",
-        f"`python benchmarks/reference_sampling.py --threads {args.threads} --device {args.device}`; {hardware(args.device)}; torch {torch.__version__}, Python {platform.python_version()}.",
-        "Plan + tokens + decode, 128×128 output; prompts from the text_rendering and counting suites.",
+        f"`python benchmarks/reference_sampling.py --checkpoint {args.checkpoint} --threads {args.threads} --device {args.device} --repeats {args.repeats} --batches {' '.join(map(str, args.batches))}`;",
+        f"{hardware(args.device)}; torch {torch.__version__}, Python {platform.python_version()}; load average before the run {os.getloadavg()[0]:.1f}.",
+        "Plan + tokens + decode, 128×128 output; prompts from the text_rendering and counting suites. Each image is",
+        "drawn alone on one thread, as many side by side as there are threads (bit-identical at any batch size).",
         "",
         "| settings | batch 1: s/image (median [min, max]) | " + " | ".join(f"batch {b}: images/s" for b in args.batches) + " |",
         "|---|---|" + "---|" * len(args.batches),

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from nbeval.cache import file_digest
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -25,9 +27,9 @@ def content_hash(obj: Any) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """What weights are identified by: the bytes, not the path (read streaming: weights can be GBs)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """What weights are identified by: the bytes, not the path (hashed once per size and mtime, not on
+    every run: `nbeval.cache.file_digest`)."""
+    return file_digest(path, "sha256")
 
 
 SKIP_SUFFIXES = frozenset({".md", ".png", ".jpg", ".jpeg", ".gif", ".webp"})  # docs and sample images: no effect on outputs

@@ -35,11 +35,10 @@ def thought_tokens(planned: list[Scene], tokenizer: Tokenizer, sketch_px: int | 
     """(B, n_tokens, token_dim) tokens of the plans' thought images (zeros where nothing is drawn)."""
     g, device = tokenizer.geometry, tokenizer.latent_mean.device
     out = torch.zeros(len(planned), g.n_tokens, g.token_dim, device=device)
-    drawn = [s if sketch_px else Scene(words=s.words) for s in planned]
-    rows = [i for i, s in enumerate(drawn) if s != Scene()]
+    rows = [i for i, s in enumerate(planned) if s.words or (sketch_px and s.shapes)]
     if not rows:
         return out
-    canvases = [thought_image(drawn[i], sketch_px) for i in rows] + [render(Scene(), IMAGE_SIZE)]
+    canvases = [thought_image(planned[i], sketch_px) for i in rows] + [render(Scene(), IMAGE_SIZE)]
     tokens = tokenizer.to_tokens(to_tensor(canvases).to(device))
     out[rows] = tokens[:-1] - tokens[-1:]
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from nbeval.adapters.reference import DEFAULT_CHECKPOINT
 from reference_model.export import CHECKPOINTS, hardware
 from reference_model.model import ReferenceModel, Settings
 from suites.counting import CountingSuite
@@ -23,7 +24,7 @@ from suites.text_rendering import TextRenderingSuite
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="reference-cpu")
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20, help="images timed one by one")

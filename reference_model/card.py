@@ -1,6 +1,6 @@
 """Measure a checkpoint through nbeval itself and write its model card.
 
-    python -m reference_model.card reference-cpu --n 200
+    python -m reference_model.card reference-v3 --n 200
 
 - plan accuracy of the learned planner on held-out prompts (a seed stream training never draws from);
 - the text_rendering and counting suites (`nbeval run`, one run per preset: the model, its ablations,
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nbeval.adapters.reference import DEFAULT_CHECKPOINT
 from nbeval.stats import paired_difference, proportion
 from nbeval.world import Scene
 from reference_model import data, plan
@@ -188,7 +189,7 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Measure a reference-model checkpoint through nbeval and write its model card.")
-    ap.add_argument("name", nargs="?", default="reference-cpu", help="checkpoint name in reference_model/checkpoints/")
+    ap.add_argument("name", nargs="?", default=DEFAULT_CHECKPOINT, help="checkpoint name in reference_model/checkpoints/")
     ap.add_argument("--n", type=int, default=200, help="samples per suite")
     ap.add_argument("--plan-n", type=int, default=400, help="held-out prompts for plan accuracy")
     ap.add_argument("--chains", type=int, default=60, help="edit chains for the drift figures")

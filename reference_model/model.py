@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ from reference_model.planner import Planner
 from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_images, to_tensor
 
 PLAN_MODES = ("learned", "none", "truth")
+Context = tuple[torch.Tensor, torch.Tensor]  # an edit's previous tokens (n, d), and which to keep (n,)
+REMEMBERED = 8192  # images whose plan and tokens are kept for editing (64 KB each at 256 tokens)
 HEADS = ("diffusion", "regression")
 
 
@@ -41,10 +44,10 @@ class Settings:
     glyphs: bool = True  # the thought image carries the planned words
     head: str = "diffusion"
     edit_context: bool = True  # keep the tokens of regions the new plan did not change
-    steps: int = 8  # masked-generation steps
-    head_steps: int = 10  # DDIM steps of the diffusion head
+    steps: int = 4  # masked-generation steps
+    head_steps: int = 5  # DDIM steps of the diffusion head
     temperature: float = 1.0
-    cfg_scale: float = 1.5
+    cfg_scale: float = 1.0
     planner_temperature: float = 1.0  # layout: where things go
     planner_content_temperature: float = 0.0  # content: which objects, how many, which characters
     planner_edit_temperature: float = 0.0  # edits, every token: unchanged things are copied, not re-placed
@@ -76,7 +79,9 @@ class ReferenceModel:
     def __init__(self, tokenizer: Tokenizer, planner: Planner, generator: Generator, meta: dict, device: str = "cpu") -> None:
         self.tokenizer, self.planner, self.generator = (m.to(device).eval() for m in (tokenizer, planner, generator))
         self.meta, self.device = meta, device
-        self._plans: dict[str, list[int]] = {}  # image key → the plan it was drawn from (edit context)
+        # image key → (the plan it was drawn from, its tokens): an edit of this model's own image starts
+        # from what it drew, not from a re-encoding of its pixels (a tokenizer round trip every turn)
+        self._drawn: OrderedDict[str, tuple[list[int] | None, torch.Tensor]] = OrderedDict()
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ReferenceModel:
@@ -109,25 +114,25 @@ class ReferenceModel:
         return tokens
 
     # --- drawing ----------------------------------------------------------------------------------
-    def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, known: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> list[Image.Image]:
-        """One image per prompt, each drawn alone on one thread, as many at once as torch had threads:
-        batched matrix products round differently with the batch's size and padding, threaded
-        reductions with the thread count, and an image must depend on neither (the cache key cannot
-        know them)."""
+    def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, contexts: list[Context] | None = None) -> list[tuple[Image.Image, torch.Tensor]]:
+        """One image and its tokens per prompt (an edit: with its context), each drawn alone on one
+        thread, as many at once as torch had threads: batched matrix products round differently with
+        the batch's size and padding, threaded reductions with the thread count, and an image must
+        depend on neither (the cache key cannot know them)."""
 
         @torch.no_grad()  # grad mode is per thread
-        def draw(i: int) -> Image.Image:
-            scene = planned[i]
+        def draw(i: int) -> tuple[Image.Image, torch.Tensor]:
+            scene, (known, keep) = planned[i], (contexts[i] if contexts else None) or (None, None)
             drawn = Scene() if scene is None or not settings.thought else scene if settings.glyphs else Scene(shapes=scene.shapes)
             tokens = self.generator.sample(
                 collate_prefix([prefix_items(prompts[i], scene)]).to(self.device),
                 thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
                 [torch.Generator().manual_seed(seeds[i])],
-                None if known is None else known[i : i + 1], None if keep is None else keep[i : i + 1],
+                None if known is None else known[None], None if keep is None else keep[None],
                 steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
                 cfg_scale=settings.cfg_scale, head=settings.head,
             )
-            return to_images(self.tokenizer.from_tokens(tokens))[0]
+            return to_images(self.tokenizer.from_tokens(tokens))[0], tokens[0]
 
         with one_thread() as workers, ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:
             return list(pool.map(draw, range(len(prompts))))
@@ -135,11 +140,19 @@ class ReferenceModel:
     def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
         """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
         plans = [self._plan_for(p, s, settings, t) for p, s, t in zip(prompts, seeds, truths or [None] * len(prompts))]
-        images = [_resize(im, size) for im in self._draw(prompts, [sc for _, sc in plans], seeds, settings)]
-        for img, (tokens, _) in zip(images, plans):
-            if tokens is not None:
-                self._plans[image_key(img)] = tokens
-        return images
+        drawn = self._draw(prompts, [sc for _, sc in plans], seeds, settings)
+        return [self._remember(_resize(img, size), planned, tokens) for (img, tokens), (planned, _) in zip(drawn, plans)]
+
+    def _remember(self, img: Image.Image, planned: list[int] | None, tokens: torch.Tensor) -> Image.Image:
+        self._drawn[image_key(img)] = (planned, tokens)
+        while len(self._drawn) > REMEMBERED:
+            self._drawn.popitem(last=False)
+        return img
+
+    def drawn(self, image: Image.Image) -> tuple[list[int] | None, torch.Tensor | None]:
+        """The plan and tokens this model drew `image` from; (None, None) if it did not draw it (or no
+        longer remembers it)."""
+        return self._drawn.get(image_key(image), (None, None))
 
     def _plan_for(self, prompt: str, seed: int, settings: Settings, truth: Scene | None, previous: list[int] | None = None) -> tuple[list[int] | None, Scene | None]:
         if settings.plan == "none":
@@ -152,21 +165,29 @@ class ReferenceModel:
             tokens = self.plan(prompt, seed, settings, previous)
         return tokens, plan.decode(tokens)
 
-    def edit(self, prompt: str, instructions: tuple[str, ...], image: Image.Image, seed: int, settings: Settings, truth: Scene | None = None, size: int = IMAGE_SIZE) -> Image.Image:
-        """Apply the last instruction to `image` (the previous turn), knowing the conversation so far."""
-        previous = self._plans.get(image_key(image))
+    def edit(self, prompts: list[str], conversations: list[tuple[str, ...]], images: list[Image.Image], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
+        """Apply each conversation's last instruction to its image (the previous turn), knowing the
+        conversation so far; the edits are drawn side by side like first turns.
+
+        With edit context, the tokens the new plan leaves unchanged are kept exactly: the previous
+        turn's own tokens when this model drew it, else the image encoded (someone else's image, or
+        one from the cache of another process)."""
+        turns = [self._edit_plan(*args, settings) for args in zip(prompts, conversations, images, seeds, truths or [None] * len(prompts))]
+        drawn = self._draw([c[-1] for c in conversations], [sc for _, sc, _ in turns], [s + len(c) for s, c in zip(seeds, conversations)], settings, [ctx for _, _, ctx in turns])
+        return [self._remember(_resize(img, size), planned, tokens) for (img, tokens), (planned, _, _) in zip(drawn, turns)]
+
+    def _edit_plan(self, prompt: str, instructions: tuple[str, ...], image: Image.Image, seed: int, truth: Scene | None, settings: Settings) -> tuple[list[int] | None, Scene | None, Context | None]:
+        """The new plan and the context it is drawn in: the previous tokens and which of them to keep."""
+        previous, drew = self.drawn(image)
         if previous is None and settings.plan == "learned":
             previous = self._conversation_plan(prompt, instructions[:-1], seed, settings)
         tokens, scene = self._plan_for(instructions[-1], seed + len(instructions), settings, truth, previous)
-        known = keep = None
-        if settings.edit_context and previous is not None and scene is not None:
-            known = self.tokenizer.to_tokens(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device))
-            keep = ~changed_tokens(plan.decode(previous), scene, self.tokenizer.geometry.grid)[None].to(self.device)
-        (img,) = self._draw([instructions[-1]], [scene], [seed + len(instructions)], settings, known, keep)
-        img = _resize(img, size)
-        if tokens is not None:
-            self._plans[image_key(img)] = tokens
-        return img
+        if not settings.edit_context or previous is None or scene is None:
+            return tokens, scene, None
+        if drew is None:
+            with one_thread(), torch.no_grad():
+                drew = self.tokenizer.to_tokens(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device))[0]
+        return tokens, scene, (drew, ~changed_tokens(plan.decode(previous), scene, self.tokenizer.geometry.grid).to(self.device))
 
 
 _threads = threading.Lock()  # one draw at a time owns torch's (process-wide) thread setting

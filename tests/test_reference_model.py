@@ -33,10 +33,10 @@ def _pixels(img: Image.Image) -> np.ndarray:
 def test_golden_image_for_a_seed(adapter):
     """Same checkpoint, prompt and seed → the recorded image (to within float noise across CPUs);
     regenerate with `python tests/golden/make.py` only when the checkpoint changes on purpose."""
-    golden = json.loads((GOLDEN / "reference-cpu.json").read_text())
+    golden = json.loads((GOLDEN / "reference.json").read_text())
     assert golden["checkpoint_sha256"] == adapter.settings()["checkpoint_sha256"], "checkpoint changed: regenerate tests/golden"
     (img,) = adapter.model.generate([golden["prompt"]], [golden["seed"]], Settings(), size=128)
-    expected = _pixels(Image.open(GOLDEN / "reference-cpu.png"))
+    expected = _pixels(Image.open(GOLDEN / "reference.png"))
     assert np.abs(_pixels(img) - expected).mean() < 1.0
     (again,) = adapter.model.generate([golden["prompt"]], [golden["seed"]], Settings(), size=128)
     assert np.array_equal(_pixels(again), _pixels(img))
@@ -97,13 +97,36 @@ def test_editing_keeps_the_untouched_regions(adapter):
     kept = adapter.edit([request])[0]
     assert kept.error is None
     before = plan.decode(adapter.model._conversation_plan(prompt, (), 11, adapter.options))
-    after = plan.decode(adapter.model._plans[image_key(kept.image)])
-    untouched = (~changed_tokens(before, after)).reshape(8, 8).repeat_interleave(16, 0).repeat_interleave(16, 1).numpy()
+    after = plan.decode(adapter.model.drawn(kept.image)[0])
+    grid = adapter.model.tokenizer.geometry.grid
+    untouched = (~changed_tokens(before, after, grid)).reshape(grid, grid).repeat_interleave(128 // grid, 0).repeat_interleave(128 // grid, 1).numpy()
     assert untouched.mean() > 0.2
     fresh = ReferenceAdapter(edit_context=False).edit([request])[0]
     diff_kept = np.abs(_pixels(kept.image) - _pixels(img))[untouched].mean()
     diff_fresh = np.abs(_pixels(fresh.image) - _pixels(img))[untouched].mean()
     assert diff_kept < 0.5 * diff_fresh, (diff_kept, diff_fresh)
+
+
+def test_an_edit_of_its_own_image_keeps_its_tokens_exactly(adapter):
+    """A chain of edits on the model's own images: every token no plan in the chain changed is turn 0's,
+    bit for bit — the picture is edited, not re-encoded and redrawn (a tokenizer round trip a turn)."""
+    import torch
+
+    prompt, seed = 'Two red circles and one blue square. Write "SUN".', 5
+    instructions = ("Add a yellow triangle at the bottom right.", "Make the blue square green.")
+    (image,) = adapter.model.generate([prompt], [seed], adapter.options, size=128)
+    turns = [image]
+    for t in range(1, len(instructions) + 1):
+        result = adapter.edit([EditRequest("e", t, prompt, instructions[:t], (turns[-1],), seed, 128)])[0]
+        assert result.error is None
+        turns.append(result.image)
+    (plan0, tokens0), *later = [adapter.model.drawn(im) for im in turns]
+    grid = adapter.model.tokenizer.geometry.grid
+    kept = torch.ones(grid * grid, dtype=torch.bool)
+    for (before, _), (after, _) in zip([(plan0, tokens0), *later], later):
+        kept &= ~changed_tokens(plan.decode(before), plan.decode(after), grid)
+    assert 0.2 < kept.float().mean() < 1.0  # the edits changed something, and left most alone
+    assert torch.equal(later[-1][1][kept], tokens0[kept])
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

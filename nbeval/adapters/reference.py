@@ -13,7 +13,7 @@ from pathlib import Path
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter, timed
 from nbeval.records import sha256_file
 
-DEFAULT_CHECKPOINT = "reference-cpu"
+DEFAULT_CHECKPOINT = "reference-v3"
 _checkpoint_sha256 = lru_cache(maxsize=8)(sha256_file)  # the fingerprint asks often; hash 15 MB once
 
 
@@ -61,21 +61,28 @@ class ReferenceAdapter(ModelAdapter):
 
         return Scene.from_dict(truth["scene"]) if "scene" in truth else None
 
-    def _one(self, r: GenRequest):
-        return self.model.generate([r.prompt], [r.seed], self.options, [self._truth(r.truth)], r.size)[0]
+    def _draw(self, requests: list[GenRequest] | list[EditRequest]) -> list:
+        truths = [self._truth(r.truth) for r in requests]
+        if len({r.size for r in requests}) > 1:
+            raise ValueError("requests of several sizes in one batch")
+        if isinstance(requests[0], EditRequest):
+            return self.model.edit([r.prompt for r in requests], [r.instructions for r in requests], [r.images[-1] for r in requests], [r.seed for r in requests], self.options, truths, requests[0].size)
+        return self.model.generate([r.prompt for r in requests], [r.seed for r in requests], self.options, truths, requests[0].size)
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+    def _batch(self, requests: list[GenRequest] | list[EditRequest]) -> list[GenResult]:
+        """Drawn side by side; on any error, again one by one, so one bad request fails alone."""
         if not requests:
             return []
         t0 = time.perf_counter()
         try:
-            if len({r.size for r in requests}) > 1:
-                raise ValueError("requests of several sizes in one batch")
-            images = self.model.generate([r.prompt for r in requests], [r.seed for r in requests], self.options, [self._truth(r.truth) for r in requests], requests[0].size)
-        except Exception:  # noqa: BLE001 — retried one by one below, so one bad request fails alone
-            return [timed(self._one, r) for r in requests]
+            images = self._draw(requests)
+        except Exception:  # noqa: BLE001 — retried one by one below
+            return [timed(lambda r: self._draw([r])[0], r) for r in requests]
         per_image = (time.perf_counter() - t0) / len(requests)
         return [GenResult(img, per_image) for img in images]
 
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        return self._batch(requests)
+
     def edit(self, requests: list[EditRequest]) -> list[GenResult]:
-        return [timed(lambda r=r: self.model.edit(r.prompt, r.instructions, r.images[-1], r.seed, self.options, self._truth(r.truth), r.size)) for r in requests]
+        return self._batch(requests)

@@ -1,4 +1,4 @@
-"""Regenerate the reference model's golden image (only when the shipped checkpoint changes on purpose):
+"""Regenerate the default reference model's golden image (only when the default checkpoint changes on purpose):
 
     python tests/golden/make.py
 """
@@ -15,6 +15,7 @@ PROMPT, SEED = 'Three red circles and two blue squares. Write "JAZZ".', 0
 if __name__ == "__main__":
     adapter = ReferenceAdapter()
     (img,) = adapter.model.generate([PROMPT], [SEED], Settings(), size=128)
-    img.save(HERE / "reference-cpu.png")
-    (HERE / "reference-cpu.json").write_text(json.dumps({"checkpoint_sha256": adapter.settings()["checkpoint_sha256"], "prompt": PROMPT, "seed": SEED}, indent=1) + "\n")
-    print("wrote", HERE / "reference-cpu.png")
+    img.save(HERE / "reference.png")
+    facts = {"checkpoint": adapter.checkpoint.name, "checkpoint_sha256": adapter.settings()["checkpoint_sha256"], "prompt": PROMPT, "seed": SEED}
+    (HERE / "reference.json").write_text(json.dumps(facts, indent=1) + "\n")
+    print("wrote", HERE / "reference.png")

@@ -14,6 +14,9 @@ from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapte
 from nbeval.records import sha256_file
 
 DEFAULT_CHECKPOINT = "reference-v3"
+# Bumped whenever reference_model/ draws different images from the same checkpoint and settings, so no
+# cache serves images of the code before: 2 = an edit of the model's own image starts from its tokens.
+SAMPLER_VERSION = 2
 _checkpoint_sha256 = lru_cache(maxsize=8)(sha256_file)  # the fingerprint asks often; hash 15 MB once
 
 
@@ -41,7 +44,7 @@ class ReferenceAdapter(ModelAdapter):
         self._model = None
 
     def settings(self) -> dict:
-        return {"checkpoint_sha256": _checkpoint_sha256(self.checkpoint), **asdict(self.options)}
+        return {"checkpoint_sha256": _checkpoint_sha256(self.checkpoint), "sampler_version": SAMPLER_VERSION, **asdict(self.options)}
 
     @property
     def needs_truth(self) -> bool:

@@ -6,7 +6,8 @@
   runs can read and write at once, and each entry is committed as soon as its work is done, so a run
   killed halfway resumes without redoing anything already finished.
 - Weight files' digests are memoised beside them (`file_digest`), by (path, size, mtime): 90 MB of
-  OCR weights are hashed once, not on every run, and again as soon as either changes.
+  OCR weights are hashed once, not on every run, and again as soon as either changes; what only a
+  model load tells (a CLIP backbone's preprocessing) is memoised by what fixes it (`memoised`).
 - Generations are keyed by (model fingerprint, sample key + image size, turn) — the model is part of the key, so
   one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
   sha256, truth hash). Only successes are cached; a failure is retried on the next run.
@@ -23,6 +24,7 @@ import os
 import sqlite3
 import time
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS aggregates (key TEXT PRIMARY KEY, metrics TEXT NOT NU
 
 
 DIGESTS = "digests"
+MEMOS = "memos"
 
 
 def default_cache_dir() -> Path:
@@ -68,15 +71,38 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", memo_dir: st
         pass
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, algorithm).hexdigest()
+    _write_json(entry, stamp | {"digest": digest})
+    return digest
+
+
+def _write_json(entry: Path, value: dict) -> None:
+    """Replace `entry` atomically (concurrent runs share it); a memo that cannot be written only costs
+    its computation next time."""
     try:
-        memo.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=memo, suffix=".tmp")
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump(stamp | {"digest": digest}, f)
+            json.dump(value, f)
         os.replace(tmp, entry)
     except OSError:
         pass
-    return digest
+
+
+def memoised(kind: str, key: dict, compute: Callable[[], dict], memo_dir: str | os.PathLike | None = None) -> dict:
+    """`compute()`, memoised on disk by `key` (JSON): for what costs a model load to learn and is fixed
+    by what the key names (a CLIP backbone's preprocessing, by its architecture, weights digest and
+    package versions), so a run that reads nothing new never loads the model."""
+    memo = Path(memo_dir or default_cache_dir() / MEMOS).expanduser()
+    entry = memo / kind / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]}.json"
+    try:
+        known = json.loads(entry.read_text())
+        if known.get("key") == key:
+            return known["value"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    value = compute()
+    _write_json(entry, {"key": key, "value": value})
+    return value
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -4,27 +4,36 @@ the scorers that read with them (`clip` for adherence here; `identity` in `score
 Every backbone — our shipped in-domain `nbclip-world` or a user's pretrained ViT-B-32 from a local
 file — loads through `open_clip.create_model_and_transforms(name, pretrained=...)`, so the path our
 tests prove is the path real weights take. Nothing is downloaded: a missing file is an error.
+
+A scorer's fingerprint needs no backbone: the weights' digest, the architecture's name and the
+preprocessing (memoised by what fixes it), so a run whose readings all come from the cache never
+imports open_clip or torch; the backbone loads on the first image read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open_clip
-import torch
 from PIL import Image
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from nbeval.clipmetrics import VARIANTS, adherence
+from nbeval.cache import memoised
+from nbeval.clipmetrics import VARIANTS
 from nbeval.readings import ClipReading
 from nbeval.records import sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.world.claims import NEGATIVE_KINDS
+
+if TYPE_CHECKING:
+    import torch
+
+    from nbeval.scorers.clip_metric import CLIPAdherence
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 NBCLIP_NAME = "nbclip-world"
@@ -41,30 +50,46 @@ class ClipBackbone:
     weights: str  # file path or open_clip pretrained tag
     weights_sha256: str | None
 
-    @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        x = torch.stack([self.transform(im.convert("RGB")) for im in images])
-        return self.model.encode_image(x, normalize=True)
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            x = torch.stack([self.transform(im.convert("RGB")) for im in images])
+            return self.model.encode_image(x, normalize=True)
+
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(texts), normalize=True)
+        import torch
+
+        with torch.no_grad():
+            return self.model.encode_text(self.tokenizer(texts), normalize=True)
+
+    def description(self) -> dict[str, str]:
+        """What, besides the weights, decides its readings and its scorer's card (`describe`)."""
+        return {"preprocess": repr(self.transform).replace("\n", " "), "tokenizer": type(self.tokenizer).__name__}
 
     def card(self) -> dict:
         return {"backbone": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "preprocess": repr(self.transform).replace("\n", " ")}
+                "preprocess": self.description()["preprocess"]}
+
+
+def resolve_weights(pretrained: str | None) -> tuple[str | None, str | None]:
+    """(the weights as the backbone names them, their sha256): a local file (.safetensors/.bin/.pt)
+    by its expanded path and digest; an open_clip tag or None as given, without a digest."""
+    if pretrained is None or not (Path(pretrained).suffix or "/" in pretrained):
+        return pretrained, None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights {path} not found: give a local file (nothing is downloaded at run time)")
+    return str(path), sha256_file(path)
 
 
 def load_backbone(name: str = NBCLIP_NAME, pretrained: str | None = str(DEFAULT_WEIGHTS), cache_dir: str | None = None) -> ClipBackbone:
     """`pretrained`: a local weight file (.safetensors/.bin/.pt), an open_clip tag already in
     `cache_dir`, or None for random weights (training only)."""
+    import open_clip
+
     open_clip.add_model_config(WEIGHTS_DIR)  # registers nbclip-world; idempotent
-    sha = None
-    if pretrained is not None and (Path(pretrained).suffix or "/" in pretrained):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"CLIP weights {path} not found: give a local file (nothing is downloaded at run time)")
-        pretrained, sha = str(path), sha256_file(path)
+    pretrained, sha = resolve_weights(pretrained)
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # open_clip narrates every load step at INFO on the root logger
@@ -82,45 +107,23 @@ def shared_backbone(name: str, pretrained: str | None, cache_dir: str | None) ->
     return load_backbone(name, pretrained, cache_dir)
 
 
-class CLIPAdherence(Metric):
-    """Prompt adherence of images to captions, in the variants of VARIANTS (nbeval.clipmetrics).
+def describe(name: str, pretrained: str | None, cache_dir: str | None, weights_sha256: str | None) -> dict[str, str]:
+    """`ClipBackbone.description()` without loading the backbone when it is known: memoised by the
+    architecture, the weights (digest, or open_clip tag), the model configs we ship and the versions
+    of open_clip and torchvision (whose transforms make the preprocessing), from package metadata."""
+    key = {"name": name, "weights": weights_sha256 or pretrained, "open_clip": version("open_clip_torch"),
+           "torchvision": version("torchvision"),
+           "configs": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(WEIGHTS_DIR.glob("*.json"))}}
+    return memoised("clip", key, lambda: shared_backbone(name, pretrained, cache_dir).description())
 
-    `update(images, captions, negatives)`: `negatives[i]` maps a kind in NEGATIVE_KINDS to a false
-    caption for image i (empty: no R-precision for it). States are per-image cosines, concatenated
-    across processes, so `compute()` is exact under distributed evaluation.
-    """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
+def __getattr__(name: str) -> type:
+    """`CLIPAdherence` (nbeval.scorers.clip_metric) on first use: torchmetrics takes seconds to import."""
+    if name == "CLIPAdherence":
+        from nbeval.scorers.clip_metric import CLIPAdherence
 
-    def __init__(self, backbone: ClipBackbone, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self.add_state("cos", default=[], dist_reduce_fx="cat")
-        self.add_state("neg_cos", default=[], dist_reduce_fx="cat")  # [N, len(NEGATIVE_KINDS)], NaN where none
-
-    def update(self, images: list[Image.Image], captions: list[str], negatives: list[dict[str, str]] | None = None) -> None:
-        if len(images) != len(captions):
-            raise ValueError(f"{len(images)} images but {len(captions)} captions")
-        negatives = negatives or [{} for _ in images]
-        img = self.backbone.embed_images(images)
-        texts = list(captions) + [n[k] for n in negatives for k in NEGATIVE_KINDS if k in n]
-        txt = self.backbone.embed_texts(texts)
-        self.cos.append((img * txt[: len(images)]).sum(-1))
-        neg = torch.full((len(images), len(NEGATIVE_KINDS)), float("nan"))
-        j = len(images)
-        for i, n in enumerate(negatives):
-            for k, kind in enumerate(NEGATIVE_KINDS):
-                if kind in n:
-                    neg[i, k] = img[i] @ txt[j]
-                    j += 1
-        self.neg_cos.append(neg)
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """Every variant of `VARIANTS` (nbeval.clipmetrics: the definitions the adherence suite uses too)."""
-        cos, neg = dim_zero_cat(self.cos), dim_zero_cat(self.neg_cos)
-        return {k: torch.tensor(v) for k, v in adherence(cos.double().numpy(), neg.double().numpy(), NEGATIVE_KINDS).items()}
+        return CLIPAdherence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ClipScorer(Scorer):
@@ -129,16 +132,34 @@ class ClipScorer(Scorer):
     def __init__(self, model: str = NBCLIP_NAME, weights: str | None = None, sha256: str | None = None, cache_dir: str | None = None) -> None:
         """`weights`: a local file or an open_clip tag in `cache_dir`; None is our shipped nbclip-world.
         `sha256`: the file's expected checksum; other bytes are refused (None: not checked)."""
-        self.backbone = shared_backbone(model, weights or str(DEFAULT_WEIGHTS), cache_dir)
-        check_sha256(f"CLIP weights {self.backbone.weights}", self.backbone.weights_sha256, sha256)
+        self.model_name, self.pretrained, self.cache_dir = model, weights or str(DEFAULT_WEIGHTS), cache_dir
+        self.weights, self.weights_sha256 = resolve_weights(self.pretrained)
+        check_sha256(f"CLIP weights {self.weights}", self.weights_sha256, sha256)
+        self._loaded: ClipBackbone | None = None
+
+    def description(self) -> dict[str, str]:
+        return describe(self.model_name, self.pretrained, self.cache_dir, self.weights_sha256)
+
+    @property
+    def backbone(self) -> ClipBackbone:
+        """Loaded on first use (the first image read), and refused if it is not what the fingerprint
+        said: a stale memo must not file readings under another backbone's fingerprint."""
+        if self._loaded is None:
+            loaded = shared_backbone(self.model_name, self.pretrained, self.cache_dir)
+            if loaded.description() != self.description():
+                raise RuntimeError(f"CLIP backbone {self.model_name} loads as {loaded.description()}, but its memo says "
+                                   f"{self.description()}: delete the memo under the cache's memos/clip and run again")
+            self._loaded = loaded
+        return self._loaded
 
     def settings(self) -> dict:
         """The weights by checksum (not by path, so a moved checkout keeps its cache) and preprocessing."""
-        card = self.backbone.card()
+        card = {"backbone": self.model_name, "weights": self.weights, "weights_sha256": self.weights_sha256,
+                "preprocess": self.description()["preprocess"]}
         return {k: v for k, v in card.items() if k != "weights"} if card["weights_sha256"] else card
 
     def card(self) -> dict:
-        return {**super().card(), "weights": self.backbone.weights}
+        return {**super().card(), "weights": self.weights}
 
 
 class ClipAdherenceScorer(ClipScorer):
@@ -150,10 +171,18 @@ class ClipAdherenceScorer(ClipScorer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.metric = CLIPAdherence(self.backbone)
+        self._metric: CLIPAdherence | None = None
+
+    @property
+    def metric(self) -> CLIPAdherence:
+        if self._metric is None:
+            from nbeval.scorers.clip_metric import CLIPAdherence
+
+            self._metric = CLIPAdherence(self.backbone)
+        return self._metric
 
     def card(self) -> dict:
-        return {**super().card(), "variants": VARIANTS, "tokenizer": type(self.backbone.tokenizer).__name__}
+        return {**super().card(), "variants": VARIANTS, "tokenizer": self.description()["tokenizer"]}
 
     def read(self, images: list[Image.Image], truths: list[dict]) -> list[ClipReading]:
         self.metric.reset()

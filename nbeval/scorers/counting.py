@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from nbeval.readings import CounterReading
 from nbeval.scorers.base import Scorer
@@ -55,6 +54,8 @@ class ShapeCounter(Scorer):
 
     def _segment(self, img: Image.Image) -> np.ndarray:
         """Index of the nearest palette colour per pixel, -1 where nothing is near enough."""
+        from scipy import ndimage  # here, not at the top: scipy.ndimage takes half a second to import, a cached reading none
+
         img = img.convert("RGB")
         if img.size != (self.work_side, self.work_side):
             img = img.resize((self.work_side, self.work_side), Image.Resampling.BILINEAR)
@@ -67,12 +68,16 @@ class ShapeCounter(Scorer):
         return idx
 
     def _is_rim(self, blob: np.ndarray, near_other: np.ndarray) -> bool:
+        from scipy import ndimage
+
         if near_other[blob].mean() <= 0.5:
             return False
         core = ndimage.binary_erosion(blob, _EIGHT_CONNECTED, iterations=self.rim - 1)
         return core.sum() < 0.25 * blob.sum()
 
     def _read_one(self, img: Image.Image) -> CounterReading:
+        from scipy import ndimage
+
         idx = self._segment(img)
         min_px = self.min_area * idx.size
         shape_px = (idx >= 0) & (idx < len(COLOURS))

@@ -8,7 +8,8 @@ embedding of the identity's reference render, each reference embedded once); onl
 - `TorchScriptIdentityScorer` (`identity_torchscript.yaml`): a face embedder exported as TorchScript
   (ArcFace/FaceNet-style: a float batch (N, 3, H, W) in, (N, D) embeddings out).
 A user's weights are identified by their sha256 (in the fingerprint), never by their path; nothing is
-downloaded at run time.
+downloaded at run time. torch is imported where an image is embedded or weights load, not to
+fingerprint: a run whose readings are all cached does not pay for it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from nbeval.readings import IdentityReading
@@ -29,6 +29,9 @@ from nbeval.records import canonical_json, folder_sha256, sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.scorers.clip import ClipScorer
 from nbeval.world import Scene, render
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCE_SIDE = 256  # px of the reference render: the suite's image size
 
@@ -55,6 +58,8 @@ class IdentityScorer(Scorer):
         return {**super().settings(), "reference_side": REFERENCE_SIDE}
 
     def _reference_embeddings(self, truths: list[dict]) -> torch.Tensor:
+        import torch
+
         keys = [canonical_json(t["reference"]) for t in truths]
         new = [k for k in dict.fromkeys(keys) if k not in self._references]
         if new:
@@ -98,10 +103,12 @@ class Dinov2Backbone:
     path: Path
     weights_sha256: str
 
-    @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        x = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        return torch.nn.functional.normalize(self.model(pixel_values=x).last_hidden_state[:, 0], dim=-1)
+        import torch
+
+        with torch.no_grad():
+            x = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+            return torch.nn.functional.normalize(self.model(pixel_values=x).last_hidden_state[:, 0], dim=-1)
 
     def settings(self) -> dict:
         return {"backbone": "dinov2", "weights_sha256": self.weights_sha256, "preprocess": self.processor.to_dict()}
@@ -111,6 +118,8 @@ def load_dinov2(path: str, sha256: str | None) -> Dinov2Backbone:
     """`path`: a folder with config.json and the weights (what save_pretrained writes, or a downloaded
     snapshot of facebook/dinov2-*); its preprocessor_config.json when there is one, else DINOV2_PREPROCESS.
     `sha256`: the folder's digest (`nbeval.records.folder_sha256`); other files are refused."""
+    import torch
+
     try:
         from transformers import AutoImageProcessor, BitImageProcessor, Dinov2Model
     except ImportError as e:
@@ -157,6 +166,8 @@ class TorchScriptBackbone:
     channel_order: str
 
     def _batch(self, images: list[Image.Image]) -> torch.Tensor:
+        import torch
+
         side = (self.input_size, self.input_size)
         x = np.stack([np.asarray(im.convert("RGB").resize(side, Image.Resampling.BICUBIC)) for im in images])
         x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W), RGB
@@ -164,9 +175,11 @@ class TorchScriptBackbone:
             x = x.flip(1)
         return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
 
-    @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.model(self._batch(images))
+        import torch
+
+        with torch.no_grad():
+            out = self.model(self._batch(images))
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(images):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise TypeError(f"{self.path} returned {got} for {len(images)} images: an embedder returns one (N, D) tensor")
@@ -194,6 +207,8 @@ def load_torchscript(path: str, sha256: str | None, input_size: int, mean: Seque
     file = file.resolve()
     sha = sha256_file(file)
     check_sha256(f"TorchScript embedder {file}", sha, sha256)
+    import torch
+
     with warnings.catch_warnings():
         # torch 2.14 warns that TorchScript is deprecated; the files it reads are what face models ship as
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)

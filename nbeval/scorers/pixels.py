@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from nbeval.readings import PixelsReading, Similarity
 from nbeval.records import sha256_file
 from nbeval.scorers.base import Scorer, check_sha256
 from nbeval.world import Scene, render, renderer_fingerprint
+
+if TYPE_CHECKING:  # torch is imported where pixels are compared or LPIPS loads: fingerprinting needs none
+    import torch
 
 _KERNEL, _SIGMA = 11, 1.5
 LPIPS_BACKBONES = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}  # torchmetrics net → torchvision model
@@ -45,6 +48,8 @@ def keep_mask(side: int, exclude: list, grow: int = _KERNEL // 2) -> np.ndarray:
 
 
 def _tensor(img: Image.Image) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
@@ -60,6 +65,7 @@ def load_lpips(net: str, weights: Path) -> torch.nn.Module:
     `pnet_rand=True` builds the backbone with `weights=None`: torchvision's pretrained path would
     download and would also demand its own file name (sha256 prefix), which a user's copy need not keep.
     """
+    import torch
     from torchmetrics.functional.image.lpips import _LPIPS
 
     if net not in LPIPS_BACKBONES:
@@ -124,6 +130,7 @@ class MaskedSimilarity(Scorer):
         return out
 
     def compare(self, img: Image.Image, reference: Image.Image, exclude: list) -> Similarity:
+        import torch
         from torchmetrics.functional.image import (
             peak_signal_noise_ratio,
             structural_similarity_index_measure,

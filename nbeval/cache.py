@@ -12,7 +12,8 @@
   one model's images are never served as another's. Scores are keyed by (scorer fingerprint, image
   sha256, truth hash). Only successes are cached; a failure is retried on the next run.
 - Aggregates (a suite's metrics with their CIs) are keyed by a hash of what they depend on
-  (`runner.aggregate`: the tables' content, the suite's version, params and aggregation code).
+  (`runner.aggregate`: the tables' content, the suite's version, params and aggregation code); a
+  suite's figures (sample grid, plots, galleries) likewise, as the PNG files drawn (`results.write_run`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (scorer_fp, image_sha256, truth_hash)
 );
 CREATE TABLE IF NOT EXISTS aggregates (key TEXT PRIMARY KEY, metrics TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS figures (key TEXT PRIMARY KEY, files TEXT NOT NULL);
 """
 
 
@@ -217,6 +219,31 @@ class Cache:
     def put_aggregate(self, key: str, metrics: dict) -> None:
         """Metric name → estimate as a dict, in the suite's order (floats round-trip exactly, NaN too)."""
         self.conn.execute("INSERT OR REPLACE INTO aggregates VALUES (?, ?)", (key, json.dumps(metrics, default=lambda x: x.item())))
+
+    # -- figure index ---------------------------------------------------------------------------
+    def get_figures(self, key: str) -> dict[str, bytes] | None:
+        """Relative path → PNG bytes of the figures drawn under `key`; None unless all are here."""
+        row = self.conn.execute("SELECT files FROM figures WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return {rel: self.image_path(sha).read_bytes() for rel, sha in json.loads(row[0]).items()}
+        except OSError:
+            return None
+
+    def put_figures(self, key: str, files: dict[str, bytes]) -> None:
+        """Keep PNG files as drawn, byte for byte (beside the images, named by their sha256)."""
+        shas = {}
+        for rel, data in files.items():
+            shas[rel] = sha = hashlib.sha256(data).hexdigest()
+            path = self.image_path(sha)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+        self.conn.execute("INSERT OR REPLACE INTO figures VALUES (?, ?)", (key, json.dumps(shas, sort_keys=True)))
 
     def stats(self) -> dict[str, int]:
         n_gen = self.conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]

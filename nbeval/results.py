@@ -243,16 +243,46 @@ def summary_markdown(res: dict, suites: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures_key(r: SuiteResult) -> str | None:
+    """What a suite's figures are drawn from: its tables and metrics, the suite (class, version,
+    params, the code `code_fingerprint` covers), the drawing code here and in nbeval.plots, and the
+    versions of matplotlib and Pillow that encode them. None for a contest suite (its figures read
+    the whole result) or tables pandas cannot hash: those are always drawn."""
+    from nbeval.runner import code_fingerprint, frame_hash
+
+    if isinstance(r.suite, ContestSuite):
+        return None
+    try:
+        return content_hash({
+            "suite": f"{type(r.suite).__module__}.{type(r.suite).__qualname__}", "name": r.suite.name, "version": r.suite.version,
+            "params": r.suite.params(), "code": code_fingerprint(type(r.suite)),
+            "drawing": {m: (Path(__file__).parent / f"{m}.py").read_text() for m in ("results", "plots")},
+            "versions": {p: metadata.version(p) for p in ("matplotlib", "pillow")},
+            # not `cached`: how this run got an image, not what it is (no figure draws it), so a warm run's key is its cold run's
+            "tables": [frame_hash(t) for t in (r.samples, r.generations.drop(columns="cached"), r.scores)],
+            "metrics": {name: est.to_dict() for name, est in r.metrics.items()},
+        })
+    except TypeError:
+        return None
+
+
 def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path) -> None:
     """results.json and summary.md first (the results are safe), then per suite its sample grid and
-    plots as PNG; a figure that fails is logged and skipped, never the run."""
-    from nbeval.plots import plt
-
+    plots as PNG: from the cache when the same figures were drawn from the same tables and metrics
+    (`figures_key`), else drawn and kept there; a figure that fails is logged and skipped, never the run."""
     write_json(out_dir / "results.json", res)
     (out_dir / "summary.md").write_text(summary_markdown(res, {r.suite.name: r.suite for r in results}))
     for r in results:
         d = out_dir / r.suite.name
         (d / "plots").mkdir(exist_ok=True)
+        key = figures_key(r)
+        known = cache.get_figures(key) if key else None
+        if known is not None:
+            for rel, data in known.items():
+                (d / rel).write_bytes(data)
+            continue
+        from nbeval.plots import plt
+
         valid = r.scores[r.scores["error"].isna()]
         try:
             sample_grid(r, cache).save(d / "sample_grid.png")
@@ -268,3 +298,6 @@ def write_run(res: dict, results: list[SuiteResult], cache: Cache, out_dir: Path
             plt.close(fig)
         for name, img in galleries.items():
             img.save(d / "plots" / f"{name}.png")
+        if key:
+            drawn = ["sample_grid.png", *(f"plots/{name}.png" for name in [*figures, *galleries])]
+            cache.put_figures(key, {rel: (d / rel).read_bytes() for rel in drawn})

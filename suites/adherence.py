@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from nbeval.clipmetrics import beats, clip_score, clip_score_terms, hessel, r_precision_hits
-from nbeval.plots import bar_with_ci, plt
 from nbeval.readings import ClipReading, TifaReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_mean
@@ -115,6 +114,8 @@ class AdherenceSuite(Suite):
         return out
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import bar_with_ci, plt  # matplotlib only when a figure is drawn
+
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         bar_with_ci(axes[0], {k.split("/type_")[1]: v for k, v in metrics.items() if k.startswith("r_precision/type_")}, "R-precision by prompt type", ylim=(0, 1.05))
         bar_with_ci(axes[1], {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("pairwise/")}, "prompt beats the negative that changes…", ylim=(0, 1.05))

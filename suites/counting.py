@@ -16,7 +16,6 @@ import json
 import numpy as np
 import pandas as pd
 
-from nbeval.plots import bar_with_ci, plt
 from nbeval.readings import CounterReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, proportion
@@ -133,6 +132,8 @@ class CountingSuite(Suite):
         return out
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import bar_with_ci, plt  # matplotlib only when a figure is drawn
+
         by_count = {k: v for k, v in metrics.items() if k.startswith(f"{self.metrics[0].name}/count_")}
         first = scores.drop_duplicates(["sample_id", "turn"])
         requested = [next(iter(json.loads(d)["requested"].values())) for d in first["detail"]]

@@ -38,7 +38,6 @@ import pandas as pd
 from PIL import Image
 
 from nbeval.galleries import filmstrips
-from nbeval.plots import plt
 from nbeval.readings import CounterReading, EditReading, OCRReading, PixelsReading
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, proportion
@@ -317,6 +316,8 @@ class DriftSuite(Suite):
 
     # --- figures ----------------------------------------------------------------------------------
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import plt  # matplotlib only when a figure is drawn
+
         est = metrics
         panels = [("preservation_ssim", "preservation SSIM vs true turn 0"), ("self_preservation_ssim", "SSIM vs its own turn 0"),
                   ("fidelity_ssim", "fidelity SSIM vs true turn"), ("preservation_psnr", "preservation PSNR (dB)"), ("edit_success", "edit success")]

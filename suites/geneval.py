@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nbeval.plots import bar_with_ci, plt
 from nbeval.readings import CountedObject, CounterReading
 from nbeval.records import Sample, Score
 from nbeval.stats import N_BOOTSTRAP, Estimate, proportion
@@ -319,6 +318,8 @@ class GenEvalSuite(Suite):
         return {"overall": macro_mean(list(by_tag.values())), **{tag: proportion(v) for tag, v in by_tag.items()}}
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import bar_with_ci, plt  # matplotlib only when a figure is drawn
+
         fig, ax = plt.subplots(figsize=(8, 3.8))
         bar_with_ci(ax, {k: metrics[k] for k in ("overall", *TAGS) if k in metrics}, "GenEval accuracy per tag (overall: their mean)", ylim=(0, 1.05))
         fig.tight_layout()

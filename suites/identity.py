@@ -22,7 +22,6 @@ import pandas as pd
 from PIL import Image
 
 from nbeval.galleries import filmstrips
-from nbeval.plots import plt
 from nbeval.readings import IdentityReading
 from nbeval.records import Sample, Score, canonical_json
 from nbeval.stats import Estimate, bootstrap_mean, pair_auc
@@ -128,6 +127,8 @@ class IdentitySuite(Suite):
         return out
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import plt  # matplotlib only when a figure is drawn
+
         emb, group, label = self._embeddings(scores, samples)
         sim = emb @ emb.T
         a, b = np.triu_indices(len(sim), k=1)

@@ -15,7 +15,6 @@ import random
 import numpy as np
 import pandas as pd
 
-from nbeval.plots import bar_with_ci, plt
 from nbeval.readings import OCRReading
 from nbeval.records import Sample, Score
 from nbeval.stats import Estimate, bootstrap_of_means
@@ -127,6 +126,8 @@ class TextRenderingSuite(Suite):
         return out
 
     def plots(self, scores: pd.DataFrame, samples: pd.DataFrame, metrics: dict[str, Estimate]) -> dict:
+        from nbeval.plots import bar_with_ci, plt  # matplotlib only when a figure is drawn
+
         def by(metric: str, column: str) -> dict[str, Estimate]:
             prefix = f"{metric}/{column}_"
             return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}

@@ -55,3 +55,23 @@ def test_a_memo_that_disagrees_with_the_loaded_backbone_is_refused(tmp_path, mon
     assert stale.settings()["preprocess"] == "something else"  # what the fingerprint would be built from
     with pytest.raises(RuntimeError, match="delete the memo"):
         stale.backbone
+
+
+def _run(tmp_path, name: str) -> tuple[dict[str, bytes], str]:
+    """`nbeval run` of the counting suite on the oracle: its figures' bytes, and its -X importtime log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-X", "importtime", "-m", "nbeval.cli", "run", "model=oracle", "suite=[counting]", "n=8", "tracking=none",
+           f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / name}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / name / "counting"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}, done.stderr
+
+
+@pytest.mark.slow
+def test_a_warm_run_serves_its_figures_from_the_cache_without_matplotlib(tmp_path):
+    drawn, log = _run(tmp_path, "cold")
+    assert "matplotlib.pyplot" in log and {"sample_grid.png", "plots/counting_breakdown.png"} <= set(drawn)
+    served, log = _run(tmp_path, "warm")
+    assert served == drawn  # byte for byte
+    assert "matplotlib" not in log and "scipy" not in log  # nothing drawn, nothing counted

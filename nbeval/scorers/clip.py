@@ -1,5 +1,6 @@
-"""open_clip backbones for nbeval: one loader, a torchmetrics Metric for adherence, and the base of
-the scorers that read with them (`clip` for adherence here; `identity` in `scorers.embeddings`).
+"""open_clip backbones for nbeval: one loader, the base of the scorers that read with them (`clip` for
+adherence here; `identity` in `scorers.embeddings`), and the torchmetrics Metric for adherence
+(`CLIPAdherence`, defined in `scorers.clip_metric` and imported on first use).
 
 Every backbone — our shipped in-domain `nbclip-world` or a user's pretrained ViT-B-32 from a local
 file — loads through `open_clip.create_model_and_transforms(name, pretrained=...)`, so the path our

@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+from reference_model import CHECKPOINTS
+
 PARTS = ("tokenizer", "planner", "generator")
 # The tokenizer ships with its fine-tuned decoder (same encoder, same latent space) when there is one.
 SOURCES = {"tokenizer": ("decoder", "tokenizer"), "planner": ("planner",), "generator": ("generator",)}

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,36 +28,11 @@ from reference_model import plan
 from reference_model.generator import Generator, collate_prefix, prefix_items
 from reference_model.glyph import thought_tokens
 from reference_model.planner import Planner
+from reference_model.settings import Settings
 from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_images, to_tensor
 
-PLAN_MODES = ("learned", "none", "truth")
 Context = tuple[torch.Tensor, torch.Tensor]  # an edit's previous tokens (n, d), and which to keep (n,)
 REMEMBERED = 8192  # images whose plan and tokens are kept for editing (64 KB each at 256 tokens)
-HEADS = ("diffusion", "regression")
-
-
-@dataclass(frozen=True)
-class Settings:
-    plan: str = "learned"  # learned planner | none (prompt only) | truth (the sample's scene, an upper bound)
-    thought: bool = True  # condition on the thought image (the plan drawn: coarse shapes and words)
-    glyphs: bool = True  # the thought image carries the planned words
-    head: str = "diffusion"
-    edit_context: bool = True  # keep the tokens of regions the new plan did not change
-    steps: int = 4  # masked-generation steps
-    head_steps: int = 5  # DDIM steps of the diffusion head
-    temperature: float = 1.0
-    cfg_scale: float = 1.0
-    planner_temperature: float = 1.0  # layout: where things go
-    planner_content_temperature: float = 0.0  # content: which objects, how many, which characters
-    planner_edit_temperature: float = 0.0  # edits, every token: unchanged things are copied, not re-placed
-
-    def __post_init__(self) -> None:
-        if self.plan not in PLAN_MODES:
-            raise ValueError(f"plan must be one of {PLAN_MODES}, got {self.plan!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.steps < 1 or self.head_steps < 1:
-            raise ValueError("steps and head_steps must be at least 1")
 
 
 def image_key(img: Image.Image) -> str:

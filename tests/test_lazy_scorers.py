@@ -1,6 +1,7 @@
 """A run whose readings are all cached must not pay for models it never uses: the default scorers give
-their fingerprints and cards without importing torch, open_clip, easyocr or torchmetrics, and those
-are the fingerprints a loaded backbone gives (issue 20: a warm run in seconds)."""
+their fingerprints and cards, and the default reference model its fingerprint, without importing torch,
+open_clip, easyocr or torchmetrics, and those are the fingerprints a loaded backbone gives (issue 20: a
+warm run in seconds)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from nbeval import api
 cfg = api.compose(["suite=[text_rendering,counting,drift,adherence,identity]", "tracking=none"])
 scorers = {{role: instantiate(node) for role, node in cfg.scorer.items() if role in ("ocr", "pixels", "clip", "identity")}}
 out = {{role: [s.fingerprint, s.card()] for role, s in scorers.items()}}
+out["model"] = [instantiate(cfg.model).fingerprint]  # the default reference model, never loaded
 if sys.argv[1] == "read":  # load the backbone as a cold run does: refused if it is not what the fingerprint said
     from PIL import Image
     scorers["clip"].read([Image.new("RGB", (64, 64))], [{{"caption": "a red circle", "negatives": {{}}}}])

@@ -25,7 +25,7 @@ def checkpoint_path(checkpoint: str) -> Path:
     path = Path(checkpoint).expanduser()
     if path.suffix == ".safetensors":
         return path
-    from reference_model.export import CHECKPOINTS
+    from reference_model import CHECKPOINTS
 
     return CHECKPOINTS / f"{checkpoint}.safetensors"
 
@@ -34,7 +34,7 @@ class ReferenceAdapter(ModelAdapter):
     capabilities = frozenset({"generate", "edit"})
 
     def __init__(self, name: str = "reference", checkpoint: str = DEFAULT_CHECKPOINT, device: str = "cpu", **settings) -> None:
-        from reference_model.model import Settings
+        from reference_model.settings import Settings
 
         self.name, self.device = name, device
         self.checkpoint = checkpoint_path(checkpoint)

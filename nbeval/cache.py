@@ -158,7 +158,10 @@ class Cache:
         return self.images / sha[:2] / f"{sha}.png"
 
     def put_image(self, img: Image.Image) -> str:
-        data = encode_png(img.convert("RGB"))
+        return self._put_png(encode_png(img.convert("RGB")))
+
+    def _put_png(self, data: bytes) -> str:
+        """Store PNG bytes under their sha256 (atomically, durably, once) and return it."""
         sha = hashlib.sha256(data).hexdigest()
         path = self.image_path(sha)
         if not path.exists():
@@ -233,16 +236,7 @@ class Cache:
 
     def put_figures(self, key: str, files: dict[str, bytes]) -> None:
         """Keep PNG files as drawn, byte for byte (beside the images, named by their sha256)."""
-        shas = {}
-        for rel, data in files.items():
-            shas[rel] = sha = hashlib.sha256(data).hexdigest()
-            path = self.image_path(sha)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+        shas = {rel: self._put_png(data) for rel, data in files.items()}
         self.conn.execute("INSERT OR REPLACE INTO figures VALUES (?, ?)", (key, json.dumps(shas, sort_keys=True)))
 
     def stats(self) -> dict[str, int]:

@@ -113,25 +113,45 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def pair_auc(similarity: np.ndarray, group: np.ndarray, label: np.ndarray, confidence: float = 0.95, n_boot: int = 200, seed: int = 0) -> Estimate:
-    """Verification ROC-AUC of a similarity matrix over items: a pair is positive when its two items
-    share `label`. Items come in `group`s (the images of one sample, which are not independent), so
-    the CI resamples whole groups; pairs of an item with itself never count."""
+    """Verification ROC-AUC of a symmetric similarity matrix over items: a pair is positive when its
+    two items share `label`. Items come in `group`s (the images of one sample, which are not
+    independent), so the CI resamples whole groups; pairs of an item with itself never count.
+
+    A resample that draws groups g and h c_g and c_h times holds each pair of distinct items of theirs
+    c_g·c_h times, so its AUC is the Mann–Whitney U of the item pairs weighted by those counts: the
+    pairs are sorted once and each resample is a cumulative sum of the negatives' weights (integers,
+    so U is exact: the same AUC as ranking the resample's expanded list of pairs, to the last digit)."""
     sim = np.asarray(similarity, dtype=float)
-    group, label = np.asarray(group), np.asarray(label)
-    groups = np.unique(group)
-    members = [np.flatnonzero(group == g) for g in groups]
+    groups, gidx = np.unique(np.asarray(group), return_inverse=True)
+    label = np.asarray(label)
+    i, j = np.triu_indices(len(sim), k=1)
+    order = np.argsort(sim[i, j], kind="stable")
+    gi, gj = gidx[i[order]], gidx[j[order]]
+    score, positive = sim[i, j][order], label[i[order]] == label[j[order]]
+    # the positives' tie blocks [first, last] in the sorted pairs: a negative tied with a positive counts half
+    new_block = np.r_[True, score[1:] != score[:-1]][: len(score)]
+    starts = np.flatnonzero(new_block)
+    block = (np.cumsum(new_block) - 1)[positive]
+    first, last = starts[block], np.r_[starts[1:] - 1, len(score) - 1][block]
 
-    def auc(pick: np.ndarray) -> float:
-        idx = np.concatenate([members[i] for i in pick])
-        iu = np.triu_indices(len(idx), k=1)
-        a, b = idx[iu[0]], idx[iu[1]]
-        keep = a != b  # a group drawn twice would pair each item with itself
-        same = (label[a] == label[b])[keep]
-        return roc_auc(sim[a, b][keep], same)
+    def auc(counts: np.ndarray) -> np.ndarray:
+        """AUC per row of `counts` (resamples × groups: how often each group was drawn)."""
+        w = counts[:, gi] * counts[:, gj]
+        w_pos = w[:, positive]
+        w[:, positive] = 0
+        neg = np.cumsum(w, axis=1, out=w)  # negatives' weight up to each pair
+        below = np.where(first > 0, neg[:, first - 1], 0)
+        twice_u = (w_pos * (2 * below + neg[:, last] - below)).sum(axis=1)
+        n_pos, n_neg = w_pos.sum(axis=1), neg[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((n_pos > 0) & (n_neg > 0), twice_u / 2 / (n_pos * n_neg), np.nan)
 
-    value = auc(np.arange(len(groups)))
-    rng = np.random.default_rng(seed)
-    boots = np.array([auc(rng.integers(0, len(groups), len(groups))) for _ in range(n_boot)])
+    value = float(auc(np.ones((1, len(groups)), dtype=np.int64))[0]) if len(score) else math.nan
+    picks = np.random.default_rng(seed).integers(0, len(groups), size=(n_boot, len(groups)))
+    counts = np.zeros((n_boot, len(groups)), dtype=np.int64)
+    np.add.at(counts, (np.arange(n_boot)[:, None], picks), 1)
+    chunk = max(1, 2**23 // max(1, len(score)))  # resamples per numpy call: 64 MB of weights
+    boots = np.concatenate([auc(counts[k:k + chunk]) for k in range(0, n_boot, chunk)])
     alpha = (1 - confidence) / 2
     lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
     return Estimate(value, float(lo), float(hi), len(groups), "bootstrap")

@@ -62,6 +62,33 @@ def test_roc_auc_matches_sklearn_and_pair_auc_counts_each_pair_once():
     assert est.ci_low <= est.value <= est.ci_high and est.n == 4
 
 
+def test_pair_auc_bootstrap_is_the_rank_auc_of_each_resamples_expanded_pairs():
+    """The weighted one-pass bootstrap against its definition: concatenate the drawn groups' items
+    (a group drawn twice appears twice), rank every pair but an item with itself, and take the 2.5% and
+    97.5% quantiles of those AUCs: the same resamples give the same interval to the last digit (ties
+    and groups drawn several times included)."""
+    rng = np.random.default_rng(3)
+    n_groups, k, n_boot = 9, 3, 60
+    emb = rng.normal(size=(n_groups * k, 4))
+    sim = np.round(emb @ emb.T, 1)  # coarse: many ties
+    group = np.repeat(np.arange(n_groups), k)
+    label = group % 4
+    members = [np.flatnonzero(group == g) for g in range(n_groups)]
+
+    def expanded_auc(pick: np.ndarray) -> float:
+        idx = np.concatenate([members[g] for g in pick])
+        a, b = (idx[t] for t in np.triu_indices(len(idx), k=1))
+        keep = a != b
+        return roc_auc(sim[a, b][keep], (label[a] == label[b])[keep])
+
+    picks = np.random.default_rng(0).integers(0, n_groups, size=(n_boot, n_groups))
+    boots = np.array([expanded_auc(p) for p in picks])
+    est = pair_auc(sim, group, label, n_boot=n_boot, seed=0)
+    assert est.value == expanded_auc(np.arange(n_groups))
+    alpha = (1 - 0.95) / 2  # as pair_auc computes it: 0.025 + 2e-17
+    assert (est.ci_low, est.ci_high) == tuple(np.nanquantile(boots, [alpha, 1 - alpha]))
+
+
 @pytest.mark.slow
 def test_oracle_identities_verify_and_a_swapped_part_lowers_similarity(compose_cfg, cache):
     """Validity (benchmarks/results/validity_identity.md has n=100 and every severity)."""

@@ -308,10 +308,10 @@ def _baseline_cmd(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] != "set":
         print(usage, file=sys.stderr)
         sys.exit(2)
-    import mlflow
-
     from nbeval.report.load import ReportError, experiment_ids, resolve_run
+    from nbeval.tracking import import_mlflow
 
+    mlflow = import_mlflow()
     opts, _ = parse_options(argv[2:], {"experiment"}, usage=usage)
     client = mlflow.MlflowClient(_tracking_uri())
     try:

@@ -41,6 +41,16 @@ CORE_TABLES = ("samples", "generations", "scores")
 _MAX_PARAM = 500
 
 
+def import_mlflow():
+    """mlflow, with its usage telemetry off unless the user's environment says otherwise: MLflow 3
+    posts usage records to its own servers from every process that imports it, and nbeval sends
+    nothing anywhere but to the tracking store it was given. Read once, when mlflow is first imported."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow
+
+
 def run_uid(out_dir: Path) -> str:
     """A run folder's identity in MLflow (tag `nbeval.run_uid`): the hash of its results.json, less
     the MLflow run id written back into it. It includes created_at and the timings, so two runs of
@@ -149,7 +159,7 @@ class MLflowTracker:
     def target(self) -> str:
         """The tracking URI in full (this tracker's, else MLFLOW_TRACKING_URI, else MLflow's default),
         a relative SQLite path made absolute: a later `nbeval sync` may run in another folder."""
-        import mlflow
+        mlflow = import_mlflow()
 
         uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri:
@@ -182,7 +192,7 @@ class MLflowTracker:
     @contextlib.contextmanager
     def _mlflow(self):
         """mlflow, pointed at this tracker's store and experiment, under one attempt's HTTP limits."""
-        import mlflow
+        mlflow = import_mlflow()
 
         limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout)}

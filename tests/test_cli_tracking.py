@@ -78,3 +78,22 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert r.returncode == 0 and "run" in r.stdout and "samples" in r.stdout
     r = run_cli(["run", "--help"], tmp_path)
     assert r.returncode == 0 and "model: " in r.stdout and "oracle_blur" in r.stdout
+
+
+def test_tracking_sends_mlflow_no_telemetry_unless_the_user_turns_it_on(tmp_path):
+    """MLflow 3 posts usage records from every process that imports it (its config fetch runs at
+    import); nbeval's tracker imports it with that off. Run outside pytest's and CI's environment
+    variables, which MLflow already treats as 'off'; a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("from nbeval.tracking import MLflowTracker\n"
+             f"MLflowTracker('sqlite:///{tmp_path / 'm.db'}').target()\n"
+             "from mlflow.telemetry.client import get_telemetry_client\n"
+             "print(get_telemetry_client() is None)\n")
+    quiet = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    off = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    on = subprocess.run([sys.executable, "-c", probe], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"}, capture_output=True, text=True, timeout=300)
+    assert (off.stdout.strip(), on.stdout.strip()) == ("True", "False"), off.stderr[-2000:] + on.stderr[-2000:]

@@ -33,8 +33,9 @@ def _metric_key(model: str) -> str:
 def log_to_mlflow(board: pd.DataFrame, battles: pd.DataFrame, params: dict, out: Path, experiment: str = "nbeval-arena") -> str:
     """One MLflow run: params, `arena/rating/<model>` (+ CI bounds), leaderboard and battle tables,
     win-rate and battle-count matrices, the ratings plot. Returns the run id."""
-    import mlflow
+    from nbeval.tracking import import_mlflow
 
+    mlflow = import_mlflow()
     mlflow.set_experiment(experiment)
     wins, counts = pair_matrices(battles)
     battles.to_parquet(out / "battles.parquet", index=False)

@@ -27,9 +27,10 @@ def _when(ms: int) -> str:
 def build_report(run: str, baseline: str, out_root: Path, tracking_uri: str, experiment: str = "nbeval",
                  alpha: float = 0.05, history: int = 30, screenshot: str = "auto") -> tuple[int, Path | None]:
     """Returns (exit code, report folder). `screenshot`: true | false | auto (when chromium is here)."""
-    import mlflow
-
     from nbeval.report.browser import chromium_path, render_check
+    from nbeval.tracking import import_mlflow
+
+    mlflow = import_mlflow()
 
     client = mlflow.MlflowClient(tracking_uri)
     exp_ids = experiment_ids(client, experiment)

@@ -8,7 +8,8 @@ are the parts of one run — the same config apart from the shard (and where the
 store live), model and scorer fingerprints, suite versions and params, every block present exactly
 once and holding exactly the samples its block should — then concatenates each suite's tables in the
 order an unsharded run writes them, recomputes the metrics and their CIs with the suite's own
-`aggregate` on all samples (never averages of the shards'), redraws the plots and writes
+`aggregate` on all samples (never averages of the shards'; through the aggregate cache, so a re-merge or
+a merge of tables an unsharded run already aggregated repeats no bootstrap), redraws the plots and writes
 results.json, summary.md and an MLflow run like any run, tagged with the shards it was made from.
 """
 
@@ -25,7 +26,7 @@ import pandas as pd
 from nbeval.api import SHARD_KEY, build_suite
 from nbeval.records import GENERATION_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, content_hash
 from nbeval.results import Run
-from nbeval.runner import run_order, shard_samples
+from nbeval.runner import aggregate, run_order, shard_samples
 from nbeval.suite import ContestSuite, SuiteResult
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def merge_group(shards: list[Shard], cache_dir: str | None = None) -> Run:
     if cache_dir:
         config["cache_dir"] = str(cache_dir)
     n, seed, count = first["n"], first["seed"], shards[0].count
+    cache = Cache(config["cache_dir"])
     if len({s.res.get("git_sha") for s in shards}) > 1:
         log.warning("the shards ran on different nbeval commits (%s); their configs, fingerprints and suite versions agree",
                     ", ".join(sorted({str(s.res.get('git_sha')) for s in shards})))
@@ -208,11 +210,10 @@ def merge_group(shards: list[Shard], cache_dir: str | None = None) -> Run:
             parts.append(tables)
         tables = merge_tables(parts)
         valid = tables["scores"][tables["scores"]["error"].isna()]
-        metrics = suite.aggregate(valid, tables["samples"]) if len(valid) else {}
+        metrics = aggregate(suite, valid, tables["samples"], cache) if len(valid) else {}  # a re-merge repeats no bootstrap
         seconds = {k: sum(s.res["suites"][name]["seconds"].get(k, 0.0) for s in shards) for k in rec["seconds"]}
         cached = sum(s.res["suites"][name]["cached_readings"] for s in shards)
         results.append(SuiteResult(suite, tables["samples"], tables["generations"], tables["scores"], metrics, cached, seconds))
-    cache = Cache(config["cache_dir"])
     missing = sum(1 for r in results for sha in r.generations["image_sha256"].dropna() if not cache.has_image(sha))
     if missing:
         log.warning("%d images of the shards are not in cache_dir %s: sample grids and galleries need the shards' (shared) cache; pass cache_dir=", missing, config["cache_dir"])

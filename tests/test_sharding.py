@@ -20,7 +20,7 @@ from nbeval.adapters.base import GenResult, ModelAdapter
 from nbeval.cache import Cache
 from nbeval.api import CONFIG_MODULE
 from nbeval.records import Sample, Score
-from nbeval.runner import parse_shard, score_suite, shard_block
+from nbeval.runner import aggregate, parse_shard, score_suite, shard_block
 from nbeval.scorers.base import Scorer
 from nbeval.sharding import MergeError, merge, merge_tables
 from nbeval.stats import bootstrap_mean
@@ -129,6 +129,11 @@ def test_merged_tables_are_the_unsharded_tables_row_for_row(tmp_path):
     assert not naive.equals(whole.generations)  # shards concatenated as they are would not do
     valid = merged["scores"][merged["scores"]["error"].isna()]
     assert suite.aggregate(valid, merged["samples"]) == whole.metrics
+    # the merged tables are the whole run's to the byte: its cached aggregate serves them, no new entry
+    cache = Cache(tmp_path / "a")
+    entries = cache.conn.execute("SELECT COUNT(*) FROM aggregates").fetchone()[0]
+    assert aggregate(suite, valid, merged["samples"], cache) == whole.metrics
+    assert cache.conn.execute("SELECT COUNT(*) FROM aggregates").fetchone()[0] == entries == 1
 
 
 # --- the real command: unsharded run, 4-shard joblib multirun, merge -----------------------------------

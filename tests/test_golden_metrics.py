@@ -13,6 +13,8 @@ import pytest
 
 from golden.metrics import FILE, RUNS, canonical, metrics
 
+pytestmark = pytest.mark.xdist_group("test_golden_metrics")  # one worker: each recorded run is made once per session, not once per worker
+
 GOLDEN = json.loads(FILE.read_text())["runs"]
 
 

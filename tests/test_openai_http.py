@@ -36,6 +36,8 @@ from nbeval.cache import Cache
 from nbeval.runner import generate
 from nbeval.testing import ServeProcess
 
+pytestmark = pytest.mark.xdist_group("test_openai_http")  # one worker: the reference adapter's direct images are made once
+
 KEY_ENV, KEY = "NBEVAL_TEST_HTTP_KEY", "sk-test-9f3b1c7e5d2a4680bead"
 SERVE_ENV = {"OMP_NUM_THREADS": "1", KEY_ENV: KEY}
 N_FAULT = 12

@@ -26,6 +26,8 @@ from nbeval.sharding import MergeError, merge, merge_tables
 from nbeval.stats import bootstrap_mean
 from nbeval.suite import MetricSpec, Suite
 
+pytestmark = pytest.mark.xdist_group("test_sharding")  # one worker: the module's `runs` fixture (a whole run, a 4-shard multirun and a merge) is made once
+
 TABLES = ("samples", "generations", "scores")
 
 

@@ -17,6 +17,8 @@ from nbeval.vlm.base import Answer, Judge, JudgeError, Question, option_probabil
 from nbeval.world import Scene, render
 from nbeval.world.scene import Shape
 
+pytestmark = pytest.mark.xdist_group("test_vlm")  # one worker: the judge servers are started once
+
 
 def _scene(*shapes) -> Image.Image:
     return render(Scene(shapes=tuple(Shape(k, c, s, x, y) for k, c, s, x, y in shapes)), 256)

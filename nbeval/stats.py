@@ -141,7 +141,7 @@ def pair_auc(similarity: np.ndarray, group: np.ndarray, label: np.ndarray, confi
         w[:, positive] = 0
         neg = np.cumsum(w, axis=1, out=w)  # negatives' weight up to each pair
         below = np.where(first > 0, neg[:, first - 1], 0)
-        twice_u = (w_pos * (2 * below + neg[:, last] - below)).sum(axis=1)
+        twice_u = (w_pos * (below + neg[:, last])).sum(axis=1)  # the negatives below twice, the tied ones once
         n_pos, n_neg = w_pos.sum(axis=1), neg[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where((n_pos > 0) & (n_neg > 0), twice_u / 2 / (n_pos * n_neg), np.nan)

@@ -70,12 +70,13 @@ def main() -> None:
         samples = suite.samples(args.n + args.batch, 0)
         reqs = [GenRequest(s.id, s.prompt, s.seed, suite.image_size, s.truth[0]) for s in samples]
         images = [r.image for r in OracleAdapter().generate(reqs)]
-        truths = [suite.scorer_truth(s, 0, role) for s in samples]
+        # turn 0's earlier images ("first") are the image itself, as the runner hands them in
+        truths = [suite.scorer_truth(s, 0, role) | {"context": {name: im for name in suite.scorer_context(s, 0, role)}} for s, im in zip(samples, images)]
         t0 = time.perf_counter()
         scorer = instantiate(scorer_cfg)
         scorer.read(images[: args.batch], truths[: args.batch])  # warm-up: loads weights
         load = time.perf_counter() - t0
-        rate = images_per_second(scorer.score, images, truths, args.batch)
+        rate = images_per_second(scorer.read, images, truths, args.batch)
         lines.append(f"| {label} | {suite_name} | {args.n} | {args.batch} | {args.n / rate:.1f} | {rate:.1f} | {load:.1f} |")
         print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,104 @@
+"""easyocr's settings against its speed and its scorer card: each setting reads the OCR card's images
+(conf/scorer_card.yaml: the oracle's text renders, graded blur, the other styles) and is reported with
+its images/s, its exact match on every variant (the card's metric), and how many of its readings equal
+the first setting's (the text alone, and whole: text, boxes and confidences).
+
+    python benchmarks/ocr_settings.py --n 100 --out benchmarks/results/ocr_settings.md
+    python benchmarks/ocr_settings.py --n 96 --variants oracle --out benchmarks/results/ocr_settings_speed.md
+
+A setting is `detect_side/batch_size/layout`: the side CRAFT sees (the recogniser reads crops at 256 px
+either way), images per detector call, and the detector's memory format ("nchw" is the code before
+channels-last). The first setting is the reference the others' readings are compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from nbeval.adapters.base import GenRequest
+from nbeval.scorers.ocr import EasyOCRScorer
+from nbeval.textmetrics import compare
+
+SETTINGS = ["256/8/nchw", "256/1/cl", "192/4/cl", "160/4/cl", "128/4/cl"]
+
+
+def card_images(n: int, seed: int, only: set[str] | None) -> dict[str, tuple[list, list[str]]]:
+    """Variant label → (images, requested texts) for the OCR card's variants."""
+    with initialize_config_module(config_module="nbeval.conf", version_base="1.3"):
+        card = compose("scorer_card")
+        variants = [(v["model"], s) for v in OmegaConf.to_container(card.card.variants) for s in (v.get("severity") or [None])]
+        out = {}
+        for model, severity in variants:
+            if only and model not in only:
+                continue
+            cfg = compose("config", overrides=[f"model={model}", "suite=[text_rendering]", *([f"model.severity={severity}"] if severity is not None else [])])
+            suite, adapter = instantiate(cfg.suite.text_rendering), instantiate(cfg.model)
+            samples = suite.samples(n, seed)
+            reqs = [GenRequest(s.id, s.prompt, s.seed, suite.image_size, s.truth[0]) for s in samples]
+            out[model if severity is None else f"{model} {severity}"] = ([g.image for g in adapter.generate(reqs)], [s.truth[0]["text"] for s in samples])
+    return out
+
+
+def read_all(setting: str, images: dict[str, tuple[list, list[str]]]) -> tuple[float, dict[str, list[dict]]]:
+    """images/s (after a warm-up batch that loads the weights) and the readings, by variant."""
+    side, batch, layout = setting.split("/")
+    scorer = EasyOCRScorer(detect_side=int(side), batch_size=int(batch))
+    if layout == "nchw":
+        scorer.reader.detector = scorer.reader.detector.to(memory_format=torch.contiguous_format)
+    first = next(iter(images.values()))
+    scorer.read(first[0][:8], [{}] * 8)
+    t0, count, readings = time.perf_counter(), 0, {}
+    for label, (imgs, _) in images.items():
+        readings[label] = scorer.read(imgs, [{}] * len(imgs))
+        count += len(imgs)
+    return count / (time.perf_counter() - t0), readings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="*", default=SETTINGS, help="detect_side/batch_size/{cl,nchw}; the first is the reference")
+    p.add_argument("--variants", nargs="*", default=None, help="card models to keep (oracle, oracle_blur, oracle_style); default all")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    images = card_images(args.n, args.seed, set(args.variants) if args.variants else None)
+    load0 = os.getloadavg()[0]
+    rows, reference = [], None
+    for setting in args.settings:
+        rate, readings = read_all(setting, images)
+        reference = reference or readings
+        exact = {label: sum(compare(t, r["text"])["exact_match"] for t, r in zip(texts, readings[label])) for label, (_, texts) in images.items()}
+        flat, ref = [r for v in readings.values() for r in v], [r for v in reference.values() for r in v]
+        same_text, same_all = sum(a["text"] == b["text"] for a, b in zip(flat, ref)), sum(a == b for a, b in zip(flat, ref))
+        rows.append(f"| `{setting}` | {rate:.2f} | {same_text}/{len(ref)} | {same_all}/{len(ref)} | " + " | ".join(f"{exact[v]:.0f}" for v in images) + " |")
+        print(rows[-1], flush=True)
+    n_total = sum(len(t) for _, t in images.values())
+    lines = [
+        "# easyocr settings: speed against the scorer card",
+        "",
+        f"Machine: {os.cpu_count()} cores, no GPU, torch threads {torch.get_num_threads()}; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
+        f"Command: `python benchmarks/ocr_settings.py --n {args.n} --seed {args.seed} --settings {' '.join(args.settings)}"
+        + (f" --variants {' '.join(args.variants)}" if args.variants else "") + f" --out {args.out}`",
+        "",
+        f"{n_total} images ({args.n} per variant). Columns: images/s over all of them (after a warm-up batch); readings equal to the",
+        f"first setting's (text; whole: text, boxes, confidences); exact matches out of {args.n} on each variant (the card's metric).",
+        "",
+        "| setting | images/s | same text | same reading | " + " | ".join(images) + " |",
+        "|---|---|---|---|" + "---|" * len(images),
+        *rows,
+    ]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

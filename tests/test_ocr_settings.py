@@ -1,0 +1,36 @@
+"""The OCR scorer's speed settings: what keeps its fingerprint reads exactly the same, what reads
+otherwise changes it (the card of each: benchmarks/results/ocr_settings.md)."""
+
+import torch
+
+from nbeval.adapters.base import GenRequest
+from nbeval.adapters.oracle import OracleAdapter
+from nbeval.scorers.ocr import EasyOCRScorer
+from suites.text_rendering import TextRenderingSuite
+
+
+def _images(corruption: str | None, severity: int, n: int) -> list:
+    suite = TextRenderingSuite()
+    reqs = [GenRequest(s.id, s.prompt, s.seed, suite.image_size, s.truth[0]) for s in suite.samples(n, 0)]
+    return [g.image for g in OracleAdapter(corruption=corruption, severity=severity).generate(reqs)]
+
+
+def test_channels_last_and_batching_change_no_reading():
+    """Clean and blurred words (blur makes the confidences and boxes fragile): the default (channels-last
+    detector, one image a call) reads text, boxes and confidences as the plain layout in batches of 4."""
+    images = _images(None, 0, 4) + _images("blur", 2, 4)
+    fast = EasyOCRScorer(threads=2)
+    plain = EasyOCRScorer(threads=2, batch_size=4)
+    plain.reader.detector = plain.reader.detector.to(memory_format=torch.contiguous_format)
+    convs = [m.weight for m in fast.reader.detector.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs), "the layout compared is the one in use"
+    readings = fast.read(images, [{}] * len(images))
+    assert readings == plain.read(images, [{}] * len(images))
+    assert [r["text"] for r in readings[:4]] == [s.truth[0]["text"] for s in TextRenderingSuite().samples(4, 0)]
+
+
+def test_fingerprint_follows_the_detectors_side_not_its_batch():
+    default = EasyOCRScorer().fingerprint
+    assert EasyOCRScorer(detect_side=256).fingerprint == default == EasyOCRScorer(batch_size=8).fingerprint
+    assert EasyOCRScorer(detect_side=192).fingerprint != default
+    assert "192 px" in EasyOCRScorer(detect_side=192).settings()["detection"]

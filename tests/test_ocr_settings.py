@@ -19,8 +19,8 @@ def test_channels_last_and_batching_change_no_reading():
     """Clean and blurred words (blur makes the confidences and boxes fragile): the default (channels-last
     detector, one image a call) reads text, boxes and confidences as the plain layout in batches of 4."""
     images = _images(None, 0, 4) + _images("blur", 2, 4)
-    fast = EasyOCRScorer(threads=2)
-    plain = EasyOCRScorer(threads=2, batch_size=4)
+    fast = EasyOCRScorer()
+    plain = EasyOCRScorer(batch_size=4)
     plain.reader.detector = plain.reader.detector.to(memory_format=torch.contiguous_format)
     convs = [m.weight for m in fast.reader.detector.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs), "the layout compared is the one in use"

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nbeval.adapters.base import GenRequest
+from nbeval.scorer_card import _variants
 from nbeval.scorers.ocr import EasyOCRScorer
 from nbeval.textmetrics import compare
 
@@ -33,9 +34,8 @@ def card_images(n: int, seed: int, only: set[str] | None) -> dict[str, tuple[lis
     """Variant label → (images, requested texts) for the OCR card's variants."""
     with initialize_config_module(config_module="nbeval.conf", version_base="1.3"):
         card = compose("scorer_card")
-        variants = [(v["model"], s) for v in OmegaConf.to_container(card.card.variants) for s in (v.get("severity") or [None])]
         out = {}
-        for model, severity in variants:
+        for model, severity in _variants(OmegaConf.to_container(card.card.variants)):
             if only and model not in only:
                 continue
             cfg = compose("config", overrides=[f"model={model}", "suite=[text_rendering]", *([f"model.severity={severity}"] if severity is not None else [])])

@@ -34,3 +34,32 @@ def test_fingerprint_follows_the_detectors_side_not_its_batch():
     assert EasyOCRScorer(detect_side=256).fingerprint == default == EasyOCRScorer(batch_size=8).fingerprint
     assert EasyOCRScorer(detect_side=192).fingerprint != default
     assert "192 px" in EasyOCRScorer(detect_side=192).settings()["detection"]
+
+
+def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Every weight a module reads with, as float tensors: its state dict, the recogniser's dynamically
+    quantized LSTM weights unpacked from their packed objects."""
+    out = []
+    for value in module.state_dict().values():
+        if isinstance(value, torch.Tensor):
+            out.append(value.dequantize() if value.is_quantized else value)
+        elif isinstance(value, torch.ScriptObject):  # rnn.CellParamsBase: ("quantized_dynamic", biases, [], [], packed weights)
+            kind, biases, _, _, packed = value.__getstate__()[0]
+            assert kind == "quantized_dynamic" and packed
+            out += list(biases) + [w.dequantize() for p in packed for w in torch.ops.quantized.linear_unpack(p) if w is not None]
+    return out
+
+
+def test_the_reader_loaded_without_random_init_holds_the_same_weights(monkeypatch):
+    """The reader is built with torch's initialisers switched off (they cost 3 s, and the checkpoint
+    overwrites them): every weight of detector and recogniser equals the one easyocr's own path loads."""
+    from contextlib import nullcontext
+
+    import nbeval.scorers.ocr as ocr
+
+    fast = EasyOCRScorer().reader
+    monkeypatch.setattr(ocr, "_no_random_init", nullcontext)
+    plain = EasyOCRScorer().reader
+    for part in ("detector", "recognizer"):
+        a, b = _weights(getattr(fast, part)), _weights(getattr(plain, part))
+        assert len(a) == len(b) > 30 and all(torch.equal(x, y) for x, y in zip(a, b)), part

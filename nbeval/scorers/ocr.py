@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -65,6 +66,26 @@ def reading_order(boxes: list[tuple[list, str, float]]) -> list[tuple[list, str,
     return [b for _, _, line in lines for b in sorted(line, key=lambda b: min(p[0] for p in b[0]))]
 
 
+@contextmanager
+def _no_random_init():
+    """torch.nn.init's initialisers do nothing inside (as transformers' `no_init_weights`). easyocr
+    builds torchvision's VGG16-BN, 100M-parameter classifier included (then dropped), and draws 3 s of
+    random weights for it and the rest before a strict `load_state_dict` overwrites every parameter
+    and buffer it keeps: the reader loads in 0.5 s, not 4. Process-wide while it lasts, like any patch
+    of a module: a model built in another thread meanwhile would keep torch.empty's values."""
+    import torch
+
+    names = [n for n in torch.nn.init.__all__ if n.endswith("_")]  # the in-place initialisers
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 class EasyOCRScorer(Scorer):
     name = "ocr"
     reading = OCRReading
@@ -117,9 +138,10 @@ class EasyOCRScorer(Scorer):
             if self.threads:
                 torch.set_num_threads(self.threads)
             warnings.filterwarnings("ignore", message=".*pin_memory.*")  # easyocr's loader, harmless on CPU
-            self._reader = easyocr.Reader(
-                ["en"], gpu=self.gpu, model_storage_directory=str(self.model_dir), download_enabled=False, verbose=False
-            )
+            with _no_random_init():
+                self._reader = easyocr.Reader(
+                    ["en"], gpu=self.gpu, model_storage_directory=str(self.model_dir), download_enabled=False, verbose=False
+                )
             # oneDNN's channels-last convolutions: the same readings, the detector a fifth faster on CPU
             self._reader.detector = self._reader.detector.to(memory_format=torch.channels_last)
         return self._reader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -55,6 +56,23 @@ def evaluate(cfg, out_dir: Path) -> dict:
 @pytest.fixture
 def cache(tmp_path) -> Cache:
     return Cache(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory):
+    """mlflow_db(path) → the sqlite URI of a new, empty MLflow database at `path`: a copy of one this
+    worker created once. Creating one runs MLflow's alembic migrations, 5 s of a small run's 11 (only
+    tests/test_cli_tracking.py still lets `nbeval run` create its database)."""
+    import mlflow
+
+    template = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
+
+    def make(path: Path) -> str:
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Load on loopback: 50 voters at once cast 1,000 votes against the real server, on SQLite and on a
+"""Load on loopback: 50 voters at once cast 500 votes against the real server, on SQLite and on a
 real PostgreSQL (the concurrency is the 50 voters; the 5,000-vote run and its votes/s are the
 benchmark's: benchmarks/arena_load.py). Every acknowledged vote must be in the database exactly once, nothing else may be,
 and the replays the voters post must all be refused; and a server killed (SIGKILL) mid-load loses
@@ -11,12 +11,12 @@ import sqlalchemy as sa
 
 from nbeval.arena.loadtest import crash_test, load_test
 
-VOTERS, VOTES_EACH = 50, 20  # every 10th vote is replayed
+VOTERS, VOTES_EACH = 50, 10  # every 10th vote is replayed
 
 
 @pytest.mark.slow
-def test_1000_votes_from_50_concurrent_voters_none_lost_none_duplicated(db_url, tmp_path):
-    # 3 models × 50 prompts = 150 battles: more than each voter's 20 votes
+def test_500_votes_from_50_concurrent_voters_none_lost_none_duplicated(db_url, tmp_path):
+    # 3 models × 50 prompts = 150 battles: more than each voter's 10 votes
     report = load_test(db_url, tmp_path, VOTERS, VOTES_EACH, prompts=50)
     assert report["images_added"] == 150 and report["battles_added"] == 150
     assert report["acknowledged"] == report["stored"] == VOTERS * VOTES_EACH

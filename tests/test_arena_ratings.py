@@ -159,12 +159,12 @@ def test_bad_battles_are_refused():
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
-def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix):
+def test_cli_reads_fastchat_battles_and_writes_the_leaderboard(tmp_path, suffix, mlflow_db):
     battles = simulate(np.array([0.0, 100, 250]), 3000, seed=5)
     fastchat = battles.assign(winner=battles["winner"].map({"a": "model_a", "b": "model_b", "tie": "tie (bothbad)"}))
     path = tmp_path / f"battles{suffix}"
     {".jsonl": lambda p: fastchat.to_json(p, orient="records", lines=True), ".csv": lambda p: fastchat.to_csv(p, index=False), ".parquet": fastchat.to_parquet}[suffix](path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     r = run_cli(["arena", "leaderboard", f"battles={path}", f"out={tmp_path / 'board'}", "rounds=50"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "board" / "ratings.png").stat().st_size > 1000

@@ -16,17 +16,19 @@ from suites.counting import CountingSuite
 BATTLE_COLUMNS = ["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "judge_fingerprint", "voter", "time"]
 
 
-def _arena_cli(tmp_path, *overrides, tracking="tracking=none"):
+def _arena_cli(tmp_path, *overrides, mlflow_uri: str | None = None):
+    """The arena suite through `nbeval run`, tracked in MLflow at `mlflow_uri` if given."""
     out = tmp_path / "out"
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    tracking, env = ("tracking=mlflow", {"MLFLOW_TRACKING_URI": mlflow_uri}) if mlflow_uri else ("tracking=none", None)
     r = run_cli(["run", "suite=arena", *overrides, tracking, f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={out}"], tmp_path, env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r, json.loads((out / "results.json").read_text()), pd.read_parquet(out / "arena" / "battles.parquet")
 
 
 @pytest.mark.slow
-def test_clean_oracle_outrates_a_blurred_one_through_the_cli_and_mlflow(tmp_path):
-    r, res, battles = _arena_cli(tmp_path, "model=[oracle,oracle_blur]", "model.severity=5", "n=40", tracking="tracking=mlflow")
+def test_clean_oracle_outrates_a_blurred_one_through_the_cli_and_mlflow(tmp_path, mlflow_db):
+    uri = mlflow_db(tmp_path / "mlflow.db")
+    r, res, battles = _arena_cli(tmp_path, "model=[oracle,oracle_blur]", "model.severity=5", "n=40", mlflow_uri=uri)
     m = res["suites"]["arena"]["metrics"]
     assert m["rating/oracle"]["ci_low"] > m["rating/oracle_blur"]["ci_high"]  # CIs do not overlap
     assert m["win_rate/oracle"]["ci_low"] > 0.5
@@ -40,7 +42,7 @@ def test_clean_oracle_outrates_a_blurred_one_through_the_cli_and_mlflow(tmp_path
     board = pd.read_parquet(tmp_path / "out" / "arena" / "leaderboard.parquet")
     assert list(board["model"]) == ["oracle", "oracle_blur"] and list(board["battles"]) == [40, 40]
     assert {"ratings.png", "win_rates.png"} <= {p.name for p in (tmp_path / "out" / "arena" / "plots").iterdir()}
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("nbeval")
     (run,) = client.search_runs([exp.experiment_id], "tags.`nbeval.kind` = 'run'")
     assert run.data.metrics["arena/rating/oracle"] == pytest.approx(m["rating/oracle"]["value"])

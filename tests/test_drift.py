@@ -133,14 +133,14 @@ def test_drift_runs_from_the_command_line_on_the_oracle(compose_cfg, tmp_path):
             assert fig.width == pytest.approx(5 * 375, abs=10), "five panels; LPIPS's only with its weights"
 
 
-def test_a_suite_is_named_by_its_config_key_whatever_its_protocol(tmp_path):
+def test_a_suite_is_named_by_its_config_key_whatever_its_protocol(tmp_path, mlflow_db):
     """`suite.drift.protocol=ground_truth` once renamed the suite `drift_gt` while the run keyed it
     `drift`: the summary and the tracking looked it up by name and the run crashed before logging."""
     from mlflow import MlflowClient
 
     from conftest import run_cli
 
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = mlflow_db(tmp_path / "mlflow.db")
     out = tmp_path / "out"
     r = run_cli(["run", "model=oracle", "suite=[drift]", "suite.drift.protocol=ground_truth", "n=4", "suite.drift.turns=2",
                  f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"], tmp_path, {"MLFLOW_TRACKING_URI": db})

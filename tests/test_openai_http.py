@@ -320,10 +320,10 @@ def _cache_rows(cache: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_run_through_http_equals_direct_and_never_shows_the_key(reference_server, direct_reference, tmp_path):
+def test_run_through_http_equals_direct_and_never_shows_the_key(reference_server, direct_reference, tmp_path, mlflow_db):
     n = 6
     cache, out = tmp_path / "cache", tmp_path / "run"
-    env = {KEY_ENV: KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {KEY_ENV: KEY, "MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db")}
     r = run_cli(_run_args(reference_server.url, cache, out, n), tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     gens = _generations(out)

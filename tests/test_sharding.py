@@ -142,13 +142,13 @@ def test_merged_tables_are_the_unsharded_tables_row_for_row(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, mlflow_db):
     """The same work unsharded and as `nbeval run -m suite.shard=0/4,1/4,2/4,3/4` (the default joblib
     launcher), each computing everything in its own cache, then `nbeval merge <sweep>`. CLIP
     embeddings change in the last bits with the batch they are computed in: shards are whole batches
     (batch_size=2 here), so every image is read in the same batch as unsharded."""
     tmp = tmp_path_factory.mktemp("sharding")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    env = {"MLFLOW_TRACKING_URI": mlflow_db(tmp / "mlflow.db"), "OMP_NUM_THREADS": "1"}
     common = ["model=oracle", "suite=[counting,identity]", "n=8", "seed=3", "batch_size=2"]
     r = run_cli(["run", *common, f"cache_dir={tmp / 'cache_whole'}", f"hydra.run.dir={tmp / 'whole'}"], tmp, env)
     assert r.returncode == 0, r.stderr[-3000:]

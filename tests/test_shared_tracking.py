@@ -172,7 +172,7 @@ def test_multirun_on_a_shared_server_and_sync_after_it_was_down(mlflow_server, t
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 
-def test_unreachable_server_keeps_the_run_and_sync_uploads_it_elsewhere(tmp_path):
+def test_unreachable_server_keeps_the_run_and_sync_uploads_it_elsewhere(tmp_path, mlflow_db):
     """No PostgreSQL needed: a server that is not there fails the upload at once (no minutes of
     retries), the run exits 0 with its folder marked; `nbeval sync --uri` uploads it to another store."""
     dead = f"http://127.0.0.1:{free_port()}"
@@ -187,7 +187,7 @@ def test_unreachable_server_keeps_the_run_and_sync_uploads_it_elsewhere(tmp_path
     assert r.returncode == 0 and "would upload" in r.stdout and (tmp_path / "run" / PENDING_FILE).exists()
     r = run_cli(["sync", "run"], tmp_path)  # still down: stays pending, exit 1
     assert r.returncode == 1 and "pending " in r.stdout
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = mlflow_db(tmp_path / "mlflow.db")
     r = run_cli(["sync", "run", "--uri", store], tmp_path)
     assert r.returncode == 0 and "uploaded " in r.stdout, r.stdout + r.stderr[-3000:]
     client = MlflowClient(tracking_uri=store)

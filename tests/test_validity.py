@@ -5,6 +5,7 @@ import pytest
 from hydra.utils import instantiate
 
 from nbeval.adapters.oracle import OracleAdapter
+from nbeval.cache import Cache
 from nbeval.runner import score_suite
 
 TOL = 0.05  # sampling noise allowed between adjacent severities at these n
@@ -57,10 +58,19 @@ def text(compose_cfg, ocr_scorer):
     return instantiate(cfg.suite.text_rendering), ocr_scorer
 
 
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory) -> Cache:
+    """One cache for the OCR tests below (one xdist group, one worker): readings are keyed by the
+    image's bytes, and severity 0 of every corruption draws the clean oracle's images, so the clean
+    check's 60 readings serve every sweep's first 18 (a seventh of their OCR)."""
+    return Cache(tmp_path_factory.mktemp("text_cache"))
+
+
 @pytest.mark.slow
-def test_ocr_reads_clean_oracle_text(text, cache):
+@pytest.mark.xdist_group("ocr_validity")
+def test_ocr_reads_clean_oracle_text(text, text_cache):
     suite, ocr = text
-    r = score_suite(suite, OracleAdapter(), lambda role: ocr, cache, 60, 0, 8)
+    r = score_suite(suite, OracleAdapter(), lambda role: ocr, text_cache, 60, 0, 8)
     assert r.metrics["exact_match"].value >= 0.95
     assert r.metrics["cer"].value <= 0.02
     # every tier is represented and read
@@ -68,13 +78,14 @@ def test_ocr_reads_clean_oracle_text(text, cache):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ocr_validity")
 @pytest.mark.parametrize("corruption", ["blur", "typo", "shift"])
-def test_text_metrics_fall_with_severity(text, cache, corruption):
+def test_text_metrics_fall_with_severity(text, text_cache, corruption):
     """Noise and JPEG are left out: easyocr reads the world's bold black text through noise σ=80 and
     JPEG quality 2 almost perfectly (benchmarks/results/validity_text_rendering.md), a property of the
     scorer, not a defect of the metrics."""
     suite, ocr = text
-    curve = _sweep(suite, ocr, cache, corruption, 18)
+    curve = _sweep(suite, ocr, text_cache, corruption, 18)
     for m in suite.metrics:
         _assert_monotone(curve, m.name, m.higher_is_better)
     assert curve[5]["exact_match"] < curve[0]["exact_match"] - 0.3

@@ -1,6 +1,8 @@
 """Scorer validity on the oracle: near-perfect on clean renders, monotonically worse as damage rises.
 Full tables at n=200 (n=100 for text corruptions): benchmarks/results/validity_*.md."""
 
+import os
+
 import pytest
 from hydra.utils import instantiate
 
@@ -58,16 +60,17 @@ def text(compose_cfg, ocr_scorer):
     return instantiate(cfg.suite.text_rendering), ocr_scorer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def text_cache(tmp_path_factory) -> Cache:
-    """One cache for the OCR tests below (one xdist group, one worker): readings are keyed by the
-    image's bytes, and severity 0 of every corruption draws the clean oracle's images, so the clean
-    check's 60 readings serve every sweep's first 18 (a seventh of their OCR)."""
-    return Cache(tmp_path_factory.mktemp("text_cache"))
+    """One cache for the OCR tests below, shared by every xdist worker (the folder above each worker's
+    base temp, as xdist's docs do): readings are keyed by the image's bytes and the cache takes
+    concurrent writers, and severity 0 of every corruption draws the clean oracle's images, so the
+    clean check's 60 readings serve every sweep's first 18 (a seventh of their OCR)."""
+    root = tmp_path_factory.getbasetemp()
+    return Cache((root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "text_cache")
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ocr_validity")
 def test_ocr_reads_clean_oracle_text(text, text_cache):
     suite, ocr = text
     r = score_suite(suite, OracleAdapter(), lambda role: ocr, text_cache, 60, 0, 8)
@@ -78,7 +81,6 @@ def test_ocr_reads_clean_oracle_text(text, text_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ocr_validity")
 @pytest.mark.parametrize("corruption", ["blur", "typo", "shift"])
 def test_text_metrics_fall_with_severity(text, text_cache, corruption):
     """Noise and JPEG are left out: easyocr reads the world's bold black text through noise σ=80 and

@@ -71,7 +71,7 @@ def _no_random_init():
     """torch.nn.init's initialisers do nothing inside (as transformers' `no_init_weights`). easyocr
     builds torchvision's VGG16-BN, 100M-parameter classifier included (then dropped), and draws 3 s of
     random weights for it and the rest before a strict `load_state_dict` overwrites every parameter
-    and buffer it keeps: the reader loads in 0.5 s, not 4. Process-wide while it lasts, like any patch
+    and buffer it keeps: the reader builds in 0.5 s, not 3. Process-wide while it lasts, like any patch
     of a module: a model built in another thread meanwhile would keep torch.empty's values."""
     import torch
 

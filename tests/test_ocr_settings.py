@@ -15,11 +15,11 @@ def _images(corruption: str | None, severity: int, n: int) -> list:
     return [g.image for g in OracleAdapter(corruption=corruption, severity=severity).generate(reqs)]
 
 
-def test_channels_last_and_batching_change_no_reading():
+def test_channels_last_and_batching_change_no_reading(ocr_scorer):
     """Clean and blurred words (blur makes the confidences and boxes fragile): the default (channels-last
     detector, one image a call) reads text, boxes and confidences as the plain layout in batches of 4."""
     images = _images(None, 0, 4) + _images("blur", 2, 4)
-    fast = EasyOCRScorer()
+    fast = ocr_scorer  # the default settings
     plain = EasyOCRScorer(batch_size=4)
     plain.reader.detector = plain.reader.detector.to(memory_format=torch.contiguous_format)
     convs = [m.weight for m in fast.reader.detector.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -50,14 +50,14 @@ def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def test_the_reader_loaded_without_random_init_holds_the_same_weights(monkeypatch):
+def test_the_reader_loaded_without_random_init_holds_the_same_weights(ocr_scorer, monkeypatch):
     """The reader is built with torch's initialisers switched off (they cost 3 s, and the checkpoint
     overwrites them): every weight of detector and recogniser equals the one easyocr's own path loads."""
     from contextlib import nullcontext
 
     import nbeval.scorers.ocr as ocr
 
-    fast = EasyOCRScorer().reader
+    fast = ocr_scorer.reader
     monkeypatch.setattr(ocr, "_no_random_init", nullcontext)
     plain = EasyOCRScorer().reader
     for part in ("detector", "recognizer"):

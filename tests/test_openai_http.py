@@ -104,6 +104,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, delay = (steps.pop(0) if len(steps) > 1 else steps[0]) if steps else (200, {}, 0.0)
         try:
             time.sleep(delay)
+        finally:  # before the answer goes out: counted after it, the client's next request could overlap this one
+            with srv.lock:
+                srv.in_flight -= 1
+        try:
             if status == 200:
                 self._send(200, {"created": 1, "data": [{"b64_json": _png(), "revised_prompt": prompt.upper()}]}, {"x-request-id": "req-1"})
             else:
@@ -111,9 +115,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(status, {"error": {"message": message, "type": "test", "param": None, "code": None}}, headers)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        finally:
-            with srv.lock:
-                srv.in_flight -= 1
 
 
 @pytest.fixture

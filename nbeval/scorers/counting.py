@@ -8,7 +8,7 @@ the right tool; this one is the in-domain ground-truth instrument.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from nbeval.readings import CounterReading
 from nbeval.scorers.base import Scorer
@@ -36,7 +36,10 @@ class ShapeCounter(Scorer):
 
     def __init__(self, work_side: int = 256, colour_tolerance: float = 90.0, min_area: float = 0.0012, median: int = 3, rim: int = 3) -> None:
         """`min_area` is a fraction of the image area (a small shape covers about 0.004); `rim` the
-        width in pixels within which a blob counts as the rim of a neighbouring shape."""
+        width in pixels within which a blob counts as the rim of a neighbouring shape; `median` the side
+        of the median filter applied first (odd: a window centred on its pixel; 1 for none)."""
+        if median < 1 or median % 2 == 0:
+            raise ValueError(f"median must be an odd window side (1 for none), not {median}")
         self.work_side, self.colour_tolerance, self.min_area, self.median, self.rim = work_side, colour_tolerance, min_area, median, rim
         self._names = list(COLOURS) + ["_background", "_text"]
         self._palette = np.array(list(COLOURS.values()) + [BACKGROUND, TEXT_COLOUR], dtype=np.float32)
@@ -54,18 +57,24 @@ class ShapeCounter(Scorer):
 
     def _segment(self, img: Image.Image) -> np.ndarray:
         """Index of the nearest palette colour per pixel, -1 where nothing is near enough."""
-        from scipy import ndimage  # here, not at the top: scipy.ndimage takes half a second to import, a cached reading none
-
         img = img.convert("RGB")
         if img.size != (self.work_side, self.work_side):
             img = img.resize((self.work_side, self.work_side), Image.Resampling.BILINEAR)
-        a = np.asarray(img, dtype=np.float32)
+        a = np.asarray(img)
         if self.median > 1:
-            a = ndimage.median_filter(a, size=(self.median, self.median, 1))
-        d = np.linalg.norm(a[:, :, None, :] - self._palette[None, None], axis=-1)
-        idx = d.argmin(-1)
-        idx[d.min(-1) > self.colour_tolerance] = -1
-        return idx
+            # scipy.ndimage.median_filter(a, (m, m, 1)) to the byte (its "reflect" border is numpy's
+            # "symmetric" pad), in Pillow's median filter: four times faster
+            m = self.median // 2
+            padded = Image.fromarray(np.pad(a, ((m, m), (m, m), (0, 0)), mode="symmetric"))
+            a = np.asarray(padded.filter(ImageFilter.MedianFilter(self.median)))[m:-m, m:-m]
+        # A render holds few distinct colours: find the nearest palette entry once per colour, not per pixel.
+        keys = (a[..., 0].astype(np.int32) << 16) | (a[..., 1].astype(np.int32) << 8) | a[..., 2]
+        uniq, inverse = np.unique(keys.ravel(), return_inverse=True)
+        colours = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=-1).astype(np.float32)
+        d = np.linalg.norm(colours[:, None, :] - self._palette[None], axis=-1)
+        nearest = d.argmin(-1)
+        nearest[d.min(-1) > self.colour_tolerance] = -1
+        return nearest[inverse].reshape(keys.shape)
 
     def _is_rim(self, blob: np.ndarray, near_other: np.ndarray) -> bool:
         from scipy import ndimage

@@ -83,6 +83,18 @@ def ocr_scorer():
     return EasyOCRScorer()
 
 
+@pytest.fixture(scope="session")
+def text_cache(tmp_path_factory) -> Cache:
+    """One cache for the tests that read the oracle's text renders, shared by every xdist worker (the
+    folder above each worker's base temp, as xdist's docs do): readings are keyed by the image's bytes
+    and the cache takes concurrent writers. Their samples are prefixes of one list (text_rendering's
+    samples for n=10, 18, 24 begin the 60 of the clean check), so the clean oracle's readings and those
+    of typo severity 2 serve the validity sweeps, OneIG's score and the nightly report alike; whichever
+    test comes first reads them."""
+    root = tmp_path_factory.getbasetemp()
+    return Cache((root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "text_cache")
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """The real `nbeval` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}

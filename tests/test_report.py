@@ -15,14 +15,15 @@ SUITES = "suite=[text_rendering,counting]"
 
 
 @pytest.fixture
-def nightly(tmp_path, mlflow_db):
-    """run(model, *overrides) → MLflow run id of a finished `nbeval run`; report(*args) → process."""
+def nightly(tmp_path, mlflow_db, text_cache):
+    """run(model, *overrides) → MLflow run id of a finished `nbeval run`; report(*args) → process. The
+    runs use the session's text cache: the text is read once, whichever test needs it first."""
     env = {"MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db")}
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
 
     def run(model: str, *overrides: str, n: int = 10, suites: str = SUITES) -> str:
         out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}-{model}"
-        r = run_cli(["run", f"model={model}", suites, f"n={n}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", *overrides], tmp_path, env)
+        r = run_cli(["run", f"model={model}", suites, f"n={n}", f"cache_dir={text_cache.root}", f"hydra.run.dir={out}", *overrides], tmp_path, env)
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads((out / "results.json").read_text())["mlflow_run_id"]
 

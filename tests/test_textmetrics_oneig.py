@@ -71,10 +71,10 @@ def test_suite_pools_word_accuracy_over_samples_unlike_word_recall(text_suite):
 
 
 @pytest.mark.slow
-def test_oneig_text_score_perfect_on_clean_oracle_and_lower_with_typos(text_suite, ocr_scorer, cache):
+def test_oneig_text_score_perfect_on_clean_oracle_and_lower_with_typos(text_suite, ocr_scorer, text_cache):
     n = 24  # four samples per tier
-    clean = score_suite(text_suite, OracleAdapter(), lambda role: ocr_scorer, cache, n, 0, 8)
-    typo = score_suite(text_suite, OracleAdapter(corruption="typo", severity=2), lambda role: ocr_scorer, cache, n, 0, 8)
+    clean = score_suite(text_suite, OracleAdapter(), lambda role: ocr_scorer, text_cache, n, 0, 8)
+    typo = score_suite(text_suite, OracleAdapter(corruption="typo", severity=2), lambda role: ocr_scorer, text_cache, n, 0, 8)
     for r in (clean, typo):
         assert r.n_failed_generations == 0 and r.n_failed_scores == 0
     c, t = clean.metrics, typo.metrics

@@ -1,13 +1,10 @@
 """Scorer validity on the oracle: near-perfect on clean renders, monotonically worse as damage rises.
 Full tables at n=200 (n=100 for text corruptions): benchmarks/results/validity_*.md."""
 
-import os
-
 import pytest
 from hydra.utils import instantiate
 
 from nbeval.adapters.oracle import OracleAdapter
-from nbeval.cache import Cache
 from nbeval.runner import score_suite
 
 TOL = 0.05  # sampling noise allowed between adjacent severities at these n
@@ -58,16 +55,6 @@ def test_counting_metrics_fall_with_severity(counting, cache, corruption):
 def text(compose_cfg, ocr_scorer):
     cfg = compose_cfg(["suite=[text_rendering]"])
     return instantiate(cfg.suite.text_rendering), ocr_scorer
-
-
-@pytest.fixture(scope="session")
-def text_cache(tmp_path_factory) -> Cache:
-    """One cache for the OCR tests below, shared by every xdist worker (the folder above each worker's
-    base temp, as xdist's docs do): readings are keyed by the image's bytes and the cache takes
-    concurrent writers, and severity 0 of every corruption draws the clean oracle's images, so the
-    clean check's 60 readings serve every sweep's first 18 (a seventh of their OCR)."""
-    root = tmp_path_factory.getbasetemp()
-    return Cache((root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "text_cache")
 
 
 @pytest.mark.slow

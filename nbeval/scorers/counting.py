@@ -63,7 +63,7 @@ class ShapeCounter(Scorer):
         a = np.asarray(img)
         if self.median > 1:
             # scipy.ndimage.median_filter(a, (m, m, 1)) to the byte (its "reflect" border is numpy's
-            # "symmetric" pad), in Pillow's median filter: four times faster
+            # "symmetric" pad), in Pillow's median filter: 9 ms an image, not 15
             m = self.median // 2
             padded = Image.fromarray(np.pad(a, ((m, m), (m, m), (0, 0)), mode="symmetric"))
             a = np.asarray(padded.filter(ImageFilter.MedianFilter(self.median)))[m:-m, m:-m]

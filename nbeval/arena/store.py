@@ -268,14 +268,18 @@ def end_session(s: Session, session: VoterSession) -> None:
     s.commit()
 
 
-ImageA, ImageB = aliased(BlindImage), aliased(BlindImage)
-
-
-def _battles_with_models(arena_id: str):
+def _battles_with_models(arena_id: str, *image_a_columns):
+    """(battle id, sample id, model_a, model_b, and these columns of image A's) of an arena's battles.
+    Each call aliases the images anew: SQLAlchemy (2.1.9) builds an alias's columns on first use, and
+    request threads racing to build a shared module-level alias's left it broken for the process
+    ("Did not locate an expression in selectable", then every query with it failed: a 500 on every
+    page that ranks pairs, seen under 50 concurrent voters on PostgreSQL)."""
+    image_a, image_b = aliased(BlindImage), aliased(BlindImage)
     return (
-        select(Battle.id, Battle.sample_id, ImageA.model.label("model_a"), ImageB.model.label("model_b"))
-        .join(ImageA, ImageA.id == Battle.image_a_id)
-        .join(ImageB, ImageB.id == Battle.image_b_id)
+        select(Battle.id, Battle.sample_id, image_a.model.label("model_a"), image_b.model.label("model_b"),
+               *(getattr(image_a, c) for c in image_a_columns))
+        .join(image_a, image_a.id == Battle.image_a_id)
+        .join(image_b, image_b.id == Battle.image_b_id)
         .where(Battle.arena_id == arena_id)
     )
 
@@ -516,14 +520,14 @@ def votes_frame(s: Session, arena: Arena) -> pd.DataFrame:
     tags (a list: `leaderboards_by(votes, "tags")` counts a vote in each) — what `nbeval arena
     leaderboard battles=… [by=suite|tags]` reads."""
     q = (
-        _battles_with_models(arena.id)
-        .add_columns(Vote.winner, Voter.name.label("voter"), Vote.created_at.label("time"), ImageA.suite, ImageA.tags)
+        _battles_with_models(arena.id, "suite", "tags")
+        .add_columns(Vote.winner, Voter.name.label("voter"), Vote.created_at.label("time"))
         .join(Vote, Vote.battle_id == Battle.id)
         .join(Voter, Voter.id == Vote.voter_id)
         .order_by(Vote.id)
     )
     rows = s.execute(q).all()
-    cols = ["battle_id", "sample_id", "model_a", "model_b", "winner", "voter", "time", "suite", "tags"]
+    cols = ["battle_id", "sample_id", "model_a", "model_b", "suite", "tags", "winner", "voter", "time"]
     df = pd.DataFrame([tuple(r) for r in rows], columns=cols)
     df["tags"] = [json.loads(t) if t else [] for t in df["tags"]]
     return df.assign(judge="human")[["battle_id", "sample_id", "model_a", "model_b", "winner", "judge", "voter", "time", "suite", "tags"]]

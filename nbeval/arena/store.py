@@ -268,7 +268,7 @@ def end_session(s: Session, session: VoterSession) -> None:
     s.commit()
 
 
-def _battles_with_models(arena_id: str, *image_a_columns):
+def _battles_with_models(arena_id: str, *image_a_columns: str):
     """(battle id, sample id, model_a, model_b, and these columns of image A's) of an arena's battles.
     Each call aliases the images anew: SQLAlchemy (2.1.9) builds an alias's columns on first use, and
     request threads racing to build a shared module-level alias's left it broken for the process

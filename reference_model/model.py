@@ -3,8 +3,8 @@
 `ReferenceModel.load(path)` reads the shipped safetensors checkpoint; the switches in `Settings` are
 the ablations (planner off / learned / ground truth, thought image on/off, its words on/off, diffusion
 vs regression head, edit context on/off) and the sampling knobs. An image depends on its own sample only
-(prompt, plan, seed): each is drawn alone and on one thread (several side by side), so neither its batch
-nor the machine's thread count can change a bit.
+(prompt, plan, seed): each is planned and drawn alone on one thread (several side by side), so neither
+its batch nor the machine's thread count can change a bit.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -32,6 +33,7 @@ from reference_model.settings import Settings
 from reference_model.tokenizer import IMAGE_SIZE, Geometry, Tokenizer, to_images, to_tensor
 
 Context = tuple[torch.Tensor, torch.Tensor]  # an edit's previous tokens (n, d), and which to keep (n,)
+T = TypeVar("T")
 REMEMBERED = 8192  # images whose plan and tokens are kept for editing (64 KB each at 256 tokens)
 
 
@@ -88,34 +90,29 @@ class ReferenceModel:
         return tokens
 
     # --- drawing ----------------------------------------------------------------------------------
-    def _draw(self, prompts: list[str], planned: list[Scene | None], seeds: list[int], settings: Settings, contexts: list[Context] | None = None) -> list[tuple[Image.Image, torch.Tensor]]:
-        """One image and its tokens per prompt (an edit: with its context), each drawn alone on one
-        thread, as many at once as torch had threads: batched matrix products round differently with
-        the batch's size and padding, threaded reductions with the thread count, and an image must
-        depend on neither (the cache key cannot know them)."""
-
-        @torch.no_grad()  # grad mode is per thread
-        def draw(i: int) -> tuple[Image.Image, torch.Tensor]:
-            scene, (known, keep) = planned[i], (contexts[i] if contexts else None) or (None, None)
-            drawn = Scene() if scene is None or not settings.thought else scene if settings.glyphs else Scene(shapes=scene.shapes)
-            tokens = self.generator.sample(
-                collate_prefix([prefix_items(prompts[i], scene)]).to(self.device),
-                thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
-                [torch.Generator().manual_seed(seeds[i])],
-                None if known is None else known[None], None if keep is None else keep[None],
-                steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
-                cfg_scale=settings.cfg_scale, head=settings.head,
-            )
-            return to_images(self.tokenizer.from_tokens(tokens))[0], tokens[0]
-
-        with one_thread() as workers, ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:
-            return list(pool.map(draw, range(len(prompts))))
+    def _draw(self, prompt: str, scene: Scene | None, seed: int, settings: Settings, context: Context | None = None) -> tuple[Image.Image, torch.Tensor]:
+        """One image and its tokens (an edit: drawn in its context)."""
+        known, keep = context or (None, None)
+        drawn = Scene() if scene is None or not settings.thought else scene if settings.glyphs else Scene(shapes=scene.shapes)
+        tokens = self.generator.sample(
+            collate_prefix([prefix_items(prompt, scene)]).to(self.device),
+            thought_tokens([drawn], self.tokenizer, self.generator.sketch_px),
+            [torch.Generator().manual_seed(seed)],
+            None if known is None else known[None], None if keep is None else keep[None],
+            steps=settings.steps, head_steps=settings.head_steps, temperature=settings.temperature,
+            cfg_scale=settings.cfg_scale, head=settings.head,
+        )
+        return to_images(self.tokenizer.from_tokens(tokens))[0], tokens[0]
 
     def generate(self, prompts: list[str], seeds: list[int], settings: Settings, truths: list[Scene | None] | None = None, size: int = IMAGE_SIZE) -> list[Image.Image]:
         """One image per prompt. With `settings.plan == "truth"`, `truths` gives each image's scene."""
-        plans = [self._plan_for(p, s, settings, t) for p, s, t in zip(prompts, seeds, truths or [None] * len(prompts))]
-        drawn = self._draw(prompts, [sc for _, sc in plans], seeds, settings)
-        return [self._remember(_resize(img, size), planned, tokens) for (img, tokens), (planned, _) in zip(drawn, plans)]
+        truths = truths or [None] * len(prompts)
+
+        def one(i: int) -> tuple[list[int] | None, Image.Image, torch.Tensor]:
+            planned, scene = self._plan_for(prompts[i], seeds[i], settings, truths[i])
+            return planned, *self._draw(prompts[i], scene, seeds[i], settings)
+
+        return [self._remember(_resize(img, size), planned, tokens) for planned, img, tokens in side_by_side(one, len(prompts))]
 
     def _remember(self, img: Image.Image, planned: list[int] | None, tokens: torch.Tensor) -> Image.Image:
         self._drawn[image_key(img)] = (planned, tokens)
@@ -146,12 +143,18 @@ class ReferenceModel:
         With edit context, the tokens the new plan leaves unchanged are kept exactly: the previous
         turn's own tokens when this model drew it, else the image encoded (someone else's image, or
         one from the cache of another process)."""
-        turns = [self._edit_plan(*args, settings) for args in zip(prompts, conversations, images, seeds, truths or [None] * len(prompts))]
-        drawn = self._draw([c[-1] for c in conversations], [sc for _, sc, _ in turns], [s + len(c) for s, c in zip(seeds, conversations)], settings, [ctx for _, _, ctx in turns])
-        return [self._remember(_resize(img, size), planned, tokens) for (img, tokens), (planned, _, _) in zip(drawn, turns)]
+        truths = truths or [None] * len(prompts)
+
+        def one(i: int) -> tuple[list[int] | None, Image.Image, torch.Tensor]:
+            conversation = conversations[i]
+            planned, scene, context = self._edit_plan(prompts[i], conversation, images[i], seeds[i], truths[i], settings)
+            return planned, *self._draw(conversation[-1], scene, seeds[i] + len(conversation), settings, context)
+
+        return [self._remember(_resize(img, size), planned, tokens) for planned, img, tokens in side_by_side(one, len(prompts))]
 
     def _edit_plan(self, prompt: str, instructions: tuple[str, ...], image: Image.Image, seed: int, truth: Scene | None, settings: Settings) -> tuple[list[int] | None, Scene | None, Context | None]:
-        """The new plan and the context it is drawn in: the previous tokens and which of them to keep."""
+        """The new plan and the context it is drawn in: the previous tokens and which of them to keep
+        (called inside `side_by_side`: on one thread, without gradients)."""
         previous, drew = self.drawn(image)
         if previous is None and settings.plan == "learned":
             previous = self._conversation_plan(prompt, instructions[:-1], seed, settings)
@@ -159,12 +162,25 @@ class ReferenceModel:
         if not settings.edit_context or previous is None or scene is None:
             return tokens, scene, None
         if drew is None:
-            with one_thread(), torch.no_grad():
-                drew = self.tokenizer.to_tokens(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device))[0]
+            drew = self.tokenizer.to_tokens(to_tensor([_resize(image, IMAGE_SIZE)]).to(self.device))[0]
         return tokens, scene, (drew, ~changed_tokens(plan.decode(previous), scene, self.tokenizer.geometry.grid).to(self.device))
 
 
-_threads = threading.Lock()  # one draw at a time owns torch's (process-wide) thread setting
+_threads = threading.Lock()  # one batch at a time owns torch's (process-wide) thread setting
+
+
+def side_by_side(job: Callable[[int], T], n: int) -> list[T]:
+    """job(0), …, job(n - 1), each alone on one thread, as many at once as torch had threads: batched
+    matrix products round differently with the batch's size and padding, threaded reductions with the
+    thread count, and an image must depend on neither (the cache key cannot know them). The plan is
+    made in the job too: the planner's logits also move (in the last bits) with the thread count."""
+
+    @torch.no_grad()  # grad mode is per thread
+    def run(i: int) -> T:
+        return job(i)
+
+    with one_thread() as workers, ThreadPoolExecutor(max(1, min(workers, n))) as pool:
+        return list(pool.map(run, range(n)))
 
 
 @contextmanager

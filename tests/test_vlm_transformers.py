@@ -190,6 +190,31 @@ def test_refusals_name_the_problem(tiny, tmp_path):
         _judge(tiny, dtype="float8")
 
 
+
+
+def test_the_model_loads_once_a_failed_load_is_raised_again_and_a_pickle_carries_no_weights(tiny, tmp_path):
+    import pickle
+
+    folder = shutil.copytree(tiny, tmp_path / "llava")
+    weights = folder / "model.safetensors"
+    saved = weights.read_bytes()
+    judge = _judge(folder)  # checks the folder, loads nothing yet
+    weights.unlink()
+    with pytest.raises(OSError) as first:
+        judge.ask(_questions()[:1])
+    weights.write_bytes(saved)  # the files are back, but the failure is the run's setup error: not retried
+    with pytest.raises(OSError) as again:
+        judge.ask(_questions()[:1])
+    assert again.value is first.value
+
+    judge = _judge(folder)
+    (answer,) = judge.ask(_questions()[:1])
+    weights.unlink()  # loaded: it answers without the files
+    assert judge.ask(_questions()[:1])[0].text == answer.text
+    copy = pickle.loads(pickle.dumps(judge))
+    assert len(pickle.dumps(judge)) < 10_000  # the model (~50 KB) stays behind: a process loads its own
+    with pytest.raises(OSError):
+        copy.ask(_questions()[:1])
 def test_a_counting_run_with_a_judge_that_names_no_option_counts_every_reading_as_failed(tmp_path, compose_cfg):
     """A random model whose vocabulary has no number and no yes/no, and no chat template (the plain
     prompt: image tokens, then the text): every answer is unparsable, so every reading fails with

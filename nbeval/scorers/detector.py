@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nbeval.hf import local_model_folder
+from nbeval.hf import LoadOnce, local_model_folder
 from nbeval.readings import CountedObject, CounterReading
 from nbeval.records import folder_sha256
 from nbeval.scorers.base import Scorer, check_sha256
@@ -136,21 +136,7 @@ class DetectorCounter(Scorer):
         self.clip = None
         if clip is not None:
             self._load_clip(dict(clip))
-        self._loaded: tuple | None = None  # (model, processor), on the first read: a run whose readings are all cached never loads it
-        self._load_error: BaseException | None = None
-
-    def _load(self) -> tuple:
-        """(model, processor), loaded once; a failed load is remembered and raised again, so the runner's
-        one-by-one retries fail each item with its reason without paying for the load again."""
-        if self._load_error is not None:
-            raise self._load_error
-        if self._loaded is None:
-            try:
-                self._loaded = self._from_pretrained()
-            except Exception as e:
-                self._load_error = e
-                raise
-        return self._loaded
+        self._model: LoadOnce[tuple] = LoadOnce()  # (model, processor)
 
     def _from_pretrained(self) -> tuple:
         import torch
@@ -207,7 +193,7 @@ class DetectorCounter(Scorer):
     def read(self, images: list[Image.Image], truths: list[dict]) -> list[CounterReading]:
         import torch
 
-        model, processor = self._load()
+        model, processor = self._model.get(self._from_pretrained)
         kinds = [self.kinds(t) for t in truths]
         rgb = [im.convert("RGB") for im in images]
         inputs = processor(text=[[self.query_template.format(kind=k) for k in ks] for ks in kinds], images=rgb, return_tensors="pt")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 
-from nbeval.hf import local_model_folder
+from nbeval.hf import LoadOnce, local_model_folder
 from nbeval.records import folder_sha256
 from nbeval.scorers.base import check_sha256
 from nbeval.vlm.base import Answer, Judge, Question
@@ -56,17 +56,16 @@ class TransformersJudge(Judge):
         check_sha256(f"the VLM judge's files in {self.path}", folder_sha256(self.path), sha256)
         self.device, self.dtype = device, dtype
         self.max_new_tokens, self.top_logprobs, self.batch_size = int(max_new_tokens), int(top_logprobs), int(batch_size)
-        self._loaded: tuple | None = None  # (model, processor)
-        self._load_error: BaseException | None = None
-        self._lock = threading.RLock()
+        self._model: LoadOnce[tuple] = LoadOnce()  # (model, processor), on the first question
+        self._lock = threading.Lock()  # one generate call at a time
 
     def __getstate__(self) -> dict:
-        """Pickled without the loaded model (a process loads its own) or the lock."""
-        return {**self.__dict__, "_loaded": None, "_load_error": None, "_lock": None}
+        """Pickled without the lock (the model pickles empty: a process loads its own)."""
+        return {**self.__dict__, "_lock": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def settings(self) -> dict:
         return {"backend": self.name, "protocol": PROTOCOL, "weights_sha256": folder_sha256(self.path), "dtype": self.dtype,
@@ -74,20 +73,6 @@ class TransformersJudge(Judge):
                 "prompt": "the processor's chat template (a user message: images, then the text); without one, image tokens + text"}
 
     # --- loading --------------------------------------------------------------------------------------
-
-    def _load(self) -> tuple:
-        """(model, processor), loaded once on the first question; a failed load is remembered (each
-        batch would pay for it again) and raised, not turned into answers: it is a setup error."""
-        with self._lock:
-            if self._load_error is not None:
-                raise self._load_error
-            if self._loaded is None:
-                try:
-                    self._loaded = self._from_pretrained()
-                except Exception as e:
-                    self._load_error = e
-                    raise
-            return self._loaded
 
     def _from_pretrained(self) -> tuple:
         import torch
@@ -124,7 +109,7 @@ class TransformersJudge(Judge):
         import torch
         import transformers
 
-        model, processor = self._load()
+        model, processor = self._model.get(self._from_pretrained)
         images = [[im.convert("RGB") for im in q.images] for q in questions] if questions[0].images else None
         try:
             inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
@@ -167,7 +152,7 @@ class TransformersJudge(Judge):
     def ask(self, questions: list[Question]) -> list[Answer]:
         if not questions:
             return []
-        _, processor = self._load()
+        _, processor = self._model.get(self._from_pretrained)
         answers: list[Answer | None] = [None] * len(questions)
         groups: dict[int, list[tuple[int, str]]] = {}
         for i, question in enumerate(questions):

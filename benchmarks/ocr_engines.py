@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from ocr_settings import card_images
+from ocr_settings import card_images, timed_reads, write_report
 from nbeval.adapters.base import GenRequest
 from nbeval.scorers.base import Scorer
 from nbeval.scorers.ocr import EasyOCRScorer
@@ -47,18 +46,6 @@ def model_images(model: str, n: int, seed: int) -> tuple[list, list[str]]:
     return [g.image for g in adapter.generate(reqs)], [s.truth[0]["text"] for s in samples]
 
 
-def read_all(engine: str, images: dict[str, tuple[list, list[str]]]) -> tuple[float, dict[str, list[str]]]:
-    """images/s (after a warm-up that loads the weights) and the texts read, by variant."""
-    s = scorer(engine)
-    first = next(iter(images.values()))
-    s.read(first[0][:4], [{}] * 4)
-    t0, count, texts = time.perf_counter(), 0, {}
-    for label, (imgs, _) in images.items():
-        texts[label] = [r["text"] for r in s.read(imgs, [{}] * len(imgs))]
-        count += len(imgs)
-    return count / (time.perf_counter() - t0), texts
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100)
@@ -73,7 +60,8 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows, reference = [], None
     for engine in args.engines:
-        rate, texts = read_all(engine, images)
+        rate, readings = timed_reads(scorer(engine), images, warmup=4)
+        texts = {label: [r["text"] for r in v] for label, v in readings.items()}
         reference = reference or texts
         exact = {label: sum(compare(t, r)["exact_match"] for t, r in zip(truth, texts[label])) for label, (_, truth) in images.items()}
         card = [label for label in images if label != args.model]
@@ -82,25 +70,12 @@ def main() -> None:
         rows.append(f"| `{engine}` | {rate:.1f} | {agree}/{sum(len(t) for _, t in images.values())} | {sum(exact[v] for v in card):.0f} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
     cols = [label for label in images if label != args.model] + ([f"{args.model} (same text as {args.engines[0]})"] if args.model else [])
-    lines = [
-        "# OCR engines: speed against the scorer card",
-        "",
-        f"Machine: {os.cpu_count()} cores, no GPU; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
-        f"Command: `python benchmarks/ocr_engines.py --n {args.n} --seed {args.seed} --engines {' '.join(args.engines)}"
-        + (f" --model {args.model}" if args.model else "") + f" --out {args.out}`",
-        "",
-        f"{args.n} images per variant. Columns: images/s over all of them (after a warm-up); texts equal to the first engine's;",
-        f"the card's exact matches summed over its variants, then on each variant (out of {args.n})"
-        + (f"; on {args.model}'s own images, exact matches and, in brackets, texts equal to the first engine's." if args.model else "."),
-        "",
-        "| engine | images/s | same text | card total | " + " | ".join(cols) + " |",
-        "|---|---|---|---|" + "---|" * len(cols),
-        *rows,
-    ]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
-
+    command = (f"python benchmarks/ocr_engines.py --n {args.n} --seed {args.seed} --engines {' '.join(args.engines)}"
+               + (f" --model {args.model}" if args.model else "") + f" --out {args.out}")
+    legend = [f"{args.n} images per variant. Columns: images/s over all of them (after a warm-up); texts equal to the first engine's;",
+              f"the card's exact matches summed over its variants, then on each variant (out of {args.n})"
+              + (f"; on {args.model}'s own images, exact matches and, in brackets, texts equal to the first engine's." if args.model else ".")]
+    write_report(args.out, "OCR engines: speed against the scorer card", "", load0, command, legend, ["engine", "images/s", "same text", "card total", *cols], rows)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from nbeval.adapters.base import GenRequest
 from nbeval.scorer_card import _variants
+from nbeval.scorers.base import Scorer
 from nbeval.scorers.ocr import EasyOCRScorer
 from nbeval.textmetrics import compare
 
@@ -46,19 +47,43 @@ def card_images(n: int, seed: int, only: set[str] | None) -> dict[str, tuple[lis
     return out
 
 
-def read_all(setting: str, images: dict[str, tuple[list, list[str]]]) -> tuple[float, dict[str, list[dict]]]:
-    """images/s (after a warm-up batch that loads the weights) and the readings, by variant."""
-    side, batch, layout = setting.split("/")
-    scorer = EasyOCRScorer(detect_side=int(side), batch_size=int(batch))
-    if layout == "nchw":
-        scorer.reader.detector = scorer.reader.detector.to(memory_format=torch.contiguous_format)
+def timed_reads(scorer: Scorer, images: dict[str, tuple[list, list[str]]], warmup: int) -> tuple[float, dict[str, list[dict]]]:
+    """images/s (after reading `warmup` images, which loads the weights) and the readings, by variant."""
     first = next(iter(images.values()))
-    scorer.read(first[0][:8], [{}] * 8)
+    scorer.read(first[0][:warmup], [{}] * warmup)
     t0, count, readings = time.perf_counter(), 0, {}
     for label, (imgs, _) in images.items():
         readings[label] = scorer.read(imgs, [{}] * len(imgs))
         count += len(imgs)
     return count / (time.perf_counter() - t0), readings
+
+
+def write_report(out: str, title: str, machine: str, load0: float, command: str, legend: list[str], header: list[str], rows: list[str]) -> None:
+    """The benchmark's markdown: title, machine and load, the command that made it, a legend, the table."""
+    lines = [
+        f"# {title}",
+        "",
+        f"Machine: {os.cpu_count()} cores, no GPU{machine}; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
+        f"Command: `{command}`",
+        "",
+        *legend,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *rows,
+    ]
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", out)
+
+
+def read_all(setting: str, images: dict[str, tuple[list, list[str]]]) -> tuple[float, dict[str, list[dict]]]:
+    """images/s and readings of one `detect_side/batch_size/layout` setting."""
+    side, batch, layout = setting.split("/")
+    scorer = EasyOCRScorer(detect_side=int(side), batch_size=int(batch))
+    if layout == "nchw":
+        scorer.reader.detector = scorer.reader.detector.to(memory_format=torch.contiguous_format)
+    return timed_reads(scorer, images, warmup=8)
 
 
 def main() -> None:
@@ -81,24 +106,12 @@ def main() -> None:
         rows.append(f"| `{setting}` | {rate:.2f} | {same_text}/{len(ref)} | {same_all}/{len(ref)} | " + " | ".join(f"{exact[v]:.0f}" for v in images) + " |")
         print(rows[-1], flush=True)
     n_total = sum(len(t) for _, t in images.values())
-    lines = [
-        "# easyocr settings: speed against the scorer card",
-        "",
-        f"Machine: {os.cpu_count()} cores, no GPU, torch threads {torch.get_num_threads()}; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
-        f"Command: `python benchmarks/ocr_settings.py --n {args.n} --seed {args.seed} --settings {' '.join(args.settings)}"
-        + (f" --variants {' '.join(args.variants)}" if args.variants else "") + f" --out {args.out}`",
-        "",
-        f"{n_total} images ({args.n} per variant). Columns: images/s over all of them (after a warm-up batch); readings equal to the",
-        f"first setting's (text; whole: text, boxes, confidences); exact matches out of {args.n} on each variant (the card's metric).",
-        "",
-        "| setting | images/s | same text | same reading | " + " | ".join(images) + " |",
-        "|---|---|---|---|" + "---|" * len(images),
-        *rows,
-    ]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
-
+    command = (f"python benchmarks/ocr_settings.py --n {args.n} --seed {args.seed} --settings {' '.join(args.settings)}"
+               + (f" --variants {' '.join(args.variants)}" if args.variants else "") + f" --out {args.out}")
+    legend = [f"{n_total} images ({args.n} per variant). Columns: images/s over all of them (after a warm-up batch); readings equal to the",
+              f"first setting's (text; whole: text, boxes, confidences); exact matches out of {args.n} on each variant (the card's metric)."]
+    write_report(args.out, "easyocr settings: speed against the scorer card", f", torch threads {torch.get_num_threads()}", load0, command, legend,
+                 ["setting", "images/s", "same text", "same reading", *images], rows)
 
 if __name__ == "__main__":
     main()

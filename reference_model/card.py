@@ -38,6 +38,7 @@ DRIFT_PRESETS = ("reference", "reference_noeditctx")
 DRIFT_METRICS = ("edit_success", "preservation_ssim", "self_preservation_ssim", "drift_slope", "turns_to_failure")
 HEADLINES = (("text_rendering", "exact_match"), ("text_rendering", "cer"), ("counting", "exact_accuracy"), ("counting", "mae"))
 CEILING = ["model=oracle", "model.render_size=128", "model.name=oracle_128px"]  # ground truth at 128 px
+SAMPLING = ("steps", "head_steps", "cfg_scale", "temperature")  # the preset's knobs the card's figures were drawn with
 HELD_OUT = "held-out"  # training seeds are "<seed>:<stage>:<step>"; this prefix never occurs there
 
 
@@ -142,7 +143,8 @@ def write_card(name: str, meta: dict, figures: dict) -> Path:
         f"`python -m reference_model.card {name} --n {figures['n']}`: `nbeval run model=<preset> n={figures['n']}` on the",
         "text_rendering and counting suites (seed 0), scored by easyocr and the shape counter; 95% CIs",
         "(Wilson for proportions, bootstrap otherwise). `oracle_128px` is the ground truth drawn at the",
-        "model's resolution: the ceiling.",
+        "model's resolution: the ceiling."
+        + (" Sampling (`conf/model/reference.yaml`): " + ", ".join(f"{k} {figures['sampling'][k]}" for k in SAMPLING) + "." if "sampling" in figures else ""),
         "",
         "| preset | " + " | ".join(f"{s} {m}" for s, m in HEADLINES) + " |",
         "|---|" + "---|" * len(HEADLINES),
@@ -211,6 +213,8 @@ def main() -> None:
     for preset in (*PRESETS, "oracle_128px"):
         runs[preset] = run_suites(preset, "[text_rendering,counting]", args.n, args.out, args.name)
         res = json.loads((runs[preset] / "results.json").read_text())
+        if preset == "reference":
+            figures["sampling"] = {k: res["config"]["model"][k] for k in SAMPLING}
         figures["suites"][preset] = {f"{s}/{m}": res["suites"][s]["metrics"][m] for s, m in HEADLINES}
     for preset in PRESETS[1:]:
         for s, m in HEADLINES:

@@ -38,6 +38,7 @@ def main() -> None:
     variants = {
         "8 steps, 10 head steps, CFG 1.5 (reference-cpu's card)": Settings(steps=8, head_steps=10, cfg_scale=1.5),
         "8 steps, 10 head steps, no CFG": Settings(steps=8, head_steps=10, cfg_scale=1.0),
+        "4 steps, 5 head steps, no CFG (the preset until 2026-11-29)": Settings(steps=4, head_steps=5, cfg_scale=1.0),
         f"{Settings().steps} steps, {Settings().head_steps} head steps, CFG {Settings().cfg_scale} (the preset's)": Settings(),
     }
     model.generate(prompts[:2], [0, 1], Settings())  # warm-up

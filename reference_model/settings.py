@@ -16,8 +16,8 @@ class Settings:
     glyphs: bool = True  # the thought image carries the planned words
     head: str = "diffusion"
     edit_context: bool = True  # keep the tokens of regions the new plan did not change
-    steps: int = 4  # masked-generation steps
-    head_steps: int = 5  # DDIM steps of the diffusion head
+    steps: int = 2  # masked-generation steps
+    head_steps: int = 3  # DDIM steps of the diffusion head
     temperature: float = 1.0
     cfg_scale: float = 1.0
     planner_temperature: float = 1.0  # layout: where things go

@@ -77,5 +77,6 @@ def main() -> None:
               + (f"; on {args.model}'s own images, exact matches and, in brackets, texts equal to the first engine's." if args.model else ".")]
     write_report(args.out, "OCR engines: speed against the scorer card", "", load0, command, legend, ["engine", "images/s", "same text", "card total", *cols], rows)
 
+
 if __name__ == "__main__":
     main()

@@ -58,12 +58,12 @@ def timed_reads(scorer: Scorer, images: dict[str, tuple[list, list[str]]], warmu
     return count / (time.perf_counter() - t0), readings
 
 
-def write_report(out: str, title: str, machine: str, load0: float, command: str, legend: list[str], header: list[str], rows: list[str]) -> None:
+def write_report(out: str, title: str, machine_extra: str, load0: float, command: str, legend: list[str], header: list[str], rows: list[str]) -> None:
     """The benchmark's markdown: title, machine and load, the command that made it, a legend, the table."""
     lines = [
         f"# {title}",
         "",
-        f"Machine: {os.cpu_count()} cores, no GPU{machine}; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
+        f"Machine: {os.cpu_count()} cores, no GPU{machine_extra}; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end.",
         f"Command: `{command}`",
         "",
         *legend,

@@ -1,5 +1,6 @@
-"""Local transformers model folders: what the transformers-backed scorers and judges load, checked
-before anything loads. Nothing is downloaded in a missing folder's place."""
+"""Local Hugging Face models: the transformers folders that scorers and judges load, checked before
+anything loads (nothing is downloaded in a missing folder's place), and `LoadOnce`, how the
+transformers- and diffusers-backed plugins load their model on first use."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ class LoadOnce(Generic[T]):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the load failed: then every use raises its error, which is the run's, not an item's."""
+        return self._error is not None
 
     def get(self, load: Callable[[], T]) -> T:
         with self._lock:

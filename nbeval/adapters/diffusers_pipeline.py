@@ -35,6 +35,7 @@ from pathlib import Path
 from PIL import Image
 
 from nbeval.adapters.base import EditRequest, GenRequest, GenResult, ModelAdapter
+from nbeval.hf import LoadOnce
 from nbeval.records import folder_sha256
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,7 @@ class DiffusersAdapter(ModelAdapter):
         self.max_batch = None if max_batch is None else int(max_batch)
         self.threads = None if threads is None else int(threads)
         self.local_files_only = bool(local_files_only)
-        self._pipes: dict[str, object] = {}
-        self._load_errors: dict[str, BaseException] = {}
+        self._pipes = {"generate": LoadOnce(), "edit": LoadOnce()}  # each loaded on its first batch
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -158,17 +158,9 @@ class DiffusersAdapter(ModelAdapter):
     # --- loading --------------------------------------------------------------------------------
 
     def _pipe(self, which: str):
-        """The loaded pipeline ('generate' or 'edit'), loaded once; a failed load is not retried
-        (every batch would pay for it again), its error fails each batch."""
-        if which in self._load_errors:
-            raise self._load_errors[which]
-        if which not in self._pipes:
-            try:
-                self._pipes[which] = self._load(self.path if which == "generate" else self.edit_path, which)
-            except Exception as e:
-                self._load_errors[which] = e
-                raise
-        return self._pipes[which]
+        """The loaded pipeline ('generate' or 'edit'); a failed load is not retried (every batch would
+        pay for it again), its error fails each batch."""
+        return self._pipes[which].get(lambda: self._load(self.path if which == "generate" else self.edit_path, which))
 
     def _load(self, path: Path, which: str):
         import torch
@@ -295,7 +287,7 @@ class DiffusersAdapter(ModelAdapter):
                 try:
                     out += self._run(which, prompts[i:j], seeds[i:j], sizes[i], None if images is None else images[i:j])
                 except Exception:  # noqa: BLE001 — isolate the failing request below
-                    if which in self._load_errors:
+                    if self._pipes[which].failed:
                         raise
                     out += [self._one(which, prompts[k], seeds[k], sizes[k], None if images is None else images[k]) for k in range(i, j)]
             i = j
@@ -306,7 +298,7 @@ class DiffusersAdapter(ModelAdapter):
         try:
             return self._run(which, [prompt], [seed], size, None if image is None else [image])[0]
         except Exception as e:  # noqa: BLE001 — any model failure becomes a per-row error
-            if which in self._load_errors:
+            if self._pipes[which].failed:
                 raise
             return GenResult(None, time.perf_counter() - t0, f"{type(e).__name__}: {e}")
 

@@ -1,5 +1,6 @@
 """The one orchestrator. `evaluate(cfg)` runs a configured job and returns its `Run`; `finalize(run,
-out_dir, tracker)` writes its folder (tables, results.json once, summary, figures) and tracks it.
+out_dir, tracker)` writes its folder (tables, results.json once, summary, figures) and tracks it;
+`run_job(cfg, out_dir)` is both, as `nbeval run` does them (the tracker made ready meanwhile).
 `nbeval run`, `nbeval merge` (a Run assembled from shards), `nbeval serve`, `nbeval samples` and
 the tests all come through here; the CLI only parses.
 
@@ -195,6 +196,15 @@ def evaluate(cfg: DictConfig, tags: Mapping[str, str] | None = None) -> Run:
         for suite in suites.values()
     ]
     return Run(config, [model_record(m) for m in adapters], scorers.cards(cfg.cache_dir), results, shard, dict(tags or {}))
+
+
+def run_job(cfg: DictConfig, out_dir: Path, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> dict:
+    """`nbeval run`'s job: `evaluate`, then `finalize` into `out_dir`, with the tracker made ready
+    while the run works (MLflow's imports in a process of their own: a run with every image and
+    reading cached takes about as long as they do). Returns results.json's content."""
+    tracker = make_tracker(cfg.tracking)
+    with tracker.ready_in_background():
+        return finalize(evaluate(cfg, tags), out_dir, tracker, parent_run_id)
 
 
 def finalize(run: Run, out_dir: Path, tracker, parent_run_id: str | None = None) -> dict:

@@ -98,8 +98,7 @@ def _run_app() -> None:
         cfg = api.with_listed_models(cfg, list(hc.overrides.task), hc.job.config_name)
         if cfg.get("models"):
             tags["nbeval.choice.model"] = ",".join(cfg.models)
-        run = api.evaluate(cfg, tags)
-        api.finalize(run, Path(hc.runtime.output_dir), api.make_tracker(cfg.tracking), parent)
+        api.run_job(cfg, Path(hc.runtime.output_dir), tags, parent)
 
     app()
 

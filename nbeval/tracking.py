@@ -1,7 +1,8 @@
 """MLflow tracking: one run per (model, suite set), a nested run per suite, under a multirun parent.
 
 Everything is logged from the finished run folder, after the work: tracking never slows or breaks
-the evaluation itself. Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db),
+the evaluation itself. `nbeval run` logs it from a process started with the run, which imports MLflow
+while the run works (`ready_in_background`, nbeval/tracking_process.py). Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db),
 or to a shared MLflow server (`tracking.uri=http://host:5000`).
 
 When the tracking store cannot be reached or fails during the upload, nothing is lost: the run folder
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import importlib
 import json
 import logging
 import os
@@ -30,9 +32,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nbeval.records import content_hash
 from nbeval.results import write_json
+
+if TYPE_CHECKING:
+    from nbeval.tracking_process import TrackingProcess
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -136,6 +142,9 @@ class NullTracker:
 
     active = False
 
+    def ready_in_background(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext(self)
+
     def target(self) -> str:
         return "none (tracking=none)"
 
@@ -153,15 +162,14 @@ class MLflowTracker:
         self.uri, self.experiment = uri, experiment
         self.http_retries, self.http_timeout, self.check_timeout = http_retries, http_timeout, check_timeout
         self._experiment_id: str | None = None
+        self._process: TrackingProcess | None = None
 
     active = True
 
     def target(self) -> str:
         """The tracking URI in full (this tracker's, else MLFLOW_TRACKING_URI, else MLflow's default),
         a relative SQLite path made absolute: a later `nbeval sync` may run in another folder."""
-        mlflow = import_mlflow()
-
-        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or import_mlflow().get_tracking_uri()
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri:
             uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
         return uri
@@ -188,6 +196,31 @@ class MLflowTracker:
             raise ConnectionError(f"MLflow tracking server {uri} did not answer within {self.check_timeout} s: {e}") from e
         if status >= 500:
             raise ConnectionError(f"MLflow tracking server {uri} answered {status}")
+
+    def preload(self) -> None:
+        """Import what logging a run needs — MLflow, the store module for this URI — without opening
+        the store (a store that is down fails the upload, not this)."""
+        import_mlflow()
+        import mlflow.tracking.context.registry  # noqa: F401 — log_run's tags
+        import pyarrow.parquet  # noqa: F401 — the suites' tables
+
+        remote = self.target().startswith(("http://", "https://"))
+        importlib.import_module("mlflow.store.tracking." + ("rest_store" if remote else "sqlalchemy_store"))
+
+    @contextlib.contextmanager
+    def ready_in_background(self) -> Iterator[MLflowTracker]:
+        """Within: `log_or_keep` hands the run folder to a process started on entry, which has imported
+        MLflow meanwhile (nbeval.tracking_process); the caller's process never imports it."""
+        from nbeval.tracking_process import TrackingProcess
+
+        process = TrackingProcess({"uri": self.uri, "experiment": self.experiment, "http_retries": self.http_retries,
+                                   "http_timeout": self.http_timeout, "check_timeout": self.check_timeout})
+        self._process = process
+        try:
+            yield self
+        finally:
+            self._process = None
+            process.close()
 
     @contextlib.contextmanager
     def _mlflow(self):
@@ -298,6 +331,11 @@ class MLflowTracker:
         marker (with the error), a warning says so, and None is returned. Never raises for the store:
         the evaluation succeeded and all of it is in the folder."""
         out_dir = Path(out_dir)
+        if self._process is not None:
+            process, self._process = self._process, None
+            answered, run_id = process.log_or_keep(out_dir, parent_run_id, dict(tags or {}))
+            if answered:
+                return run_id
         fields = {"kind": "run", "parent_run_id": parent_run_id, "tags": dict(tags or {})}
         with folder_lock(out_dir):
             self.keep_pending(out_dir, "the upload did not finish (the process ended during it)", **fields)

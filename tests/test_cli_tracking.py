@@ -47,6 +47,7 @@ def test_run_logs_params_metrics_tables_images_and_nested_suite_runs(tmp_path):
     assert len(table) == 16 * 4 and set(table["metric"]) == {"exact_accuracy", "geneval_pass", "mae", "bias"}
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["mlflow_run_id"] == run.info.run_id and res["schema_version"] == 1
+    assert f"logged MLflow run {run.info.run_id}" in (tmp_path / "out" / "cli.log").read_text()  # the tracking process's record, in the run's log
 
 
 def test_multirun_nests_jobs_under_one_parent(tmp_path):
@@ -82,14 +83,14 @@ def test_help_lists_commands_and_config_groups(tmp_path):
 
 def test_tracking_sends_mlflow_no_telemetry_unless_the_user_turns_it_on(tmp_path):
     """MLflow 3 posts usage records from every process that imports it (its config fetch runs at
-    import); nbeval's tracker imports it with that off. Run outside pytest's and CI's environment
+    import); nbeval's tracker imports it with that off (`preload`: what its tracking process runs first). Run outside pytest's and CI's environment
     variables, which MLflow already treats as 'off'; a user's own setting wins."""
     import os
     import subprocess
     import sys
 
     probe = ("from nbeval.tracking import MLflowTracker\n"
-             f"MLflowTracker('sqlite:///{tmp_path / 'm.db'}').target()\n"
+             f"MLflowTracker('sqlite:///{tmp_path / 'm.db'}').preload()\n"
              "from mlflow.telemetry.client import get_telemetry_client\n"
              "print(get_telemetry_client() is None)\n")
     quiet = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
@@ -97,3 +98,43 @@ def test_tracking_sends_mlflow_no_telemetry_unless_the_user_turns_it_on(tmp_path
     off = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     on = subprocess.run([sys.executable, "-c", probe], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"}, capture_output=True, text=True, timeout=300)
     assert (off.stdout.strip(), on.stdout.strip()) == ("True", "False"), off.stderr[-2000:] + on.stderr[-2000:]
+
+
+_RUN_JOB = """
+import sys
+from pathlib import Path
+from nbeval import api
+from nbeval.tracking import MLflowTracker
+cfg = api.compose(["model=oracle", "suite=[counting]", "n=8", "cache_dir=c", "tracking.uri=sqlite:///mlflow.db"])
+if sys.argv[1] == "killed":  # the tracking process dies before the run hands it the folder
+    start = MLflowTracker.ready_in_background
+    def ready_then_killed(self):
+        with start(self) as tracker:
+            tracker._process._proc.kill()
+            yield tracker
+    import contextlib
+    MLflowTracker.ready_in_background = contextlib.contextmanager(ready_then_killed)
+res = api.run_job(cfg, Path("out"))
+print("RUN_ID", res["mlflow_run_id"], "MLFLOW_IMPORTED", "mlflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("case", ["answered", "killed"])
+def test_a_run_is_logged_by_its_tracking_process_or_by_itself_when_that_is_gone(tmp_path, case):
+    """`nbeval run`'s job (api.run_job) hands its folder to a process that imported MLflow while the run
+    worked: the run's own process never imports MLflow, and the upload's log records reach the run's log.
+    When that process is gone (killed here), the run logs the folder itself, with nothing lost."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _RUN_JOB, case], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_id, imported = r.stdout.split("RUN_ID ")[1].split()[0], r.stdout.split("MLFLOW_IMPORTED ")[1].strip()
+    assert imported == ("False" if case == "answered" else "True")
+    if case == "killed":
+        assert "ended without an answer" in r.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["counting/exact_accuracy"] == 1.0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["mlflow_run_id"] == run_id
+    assert not (tmp_path / "out" / "PENDING_SYNC").exists()

@@ -26,19 +26,17 @@ import json
 import logging
 import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nbeval.records import content_hash
 from nbeval.results import write_json
-
-if TYPE_CHECKING:
-    from nbeval.tracking_process import TrackingProcess
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -137,6 +135,35 @@ def metric_items(suite: str, metrics: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+class TrackingProcess:
+    """nbeval/tracking_process.py as a child process, from the run's side: it imports MLflow from the
+    start, then logs the run folder it is handed (its protocol: that module's docstring)."""
+
+    def __init__(self, settings: dict) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "nbeval.tracking_process", json.dumps(settings)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def log_or_keep(self, out_dir: Path, parent_run_id: str | None, tags: dict) -> tuple[bool, str | None]:
+        """(answered, the MLflow run id or None when the run was kept for `nbeval sync`). Not
+        answered: the process is gone, the caller logs the folder itself."""
+        request = {"out_dir": str(Path(out_dir).resolve()), "parent_run_id": parent_run_id, "tags": tags}
+        try:
+            out, _ = self._proc.communicate(json.dumps(request) + "\n")
+            answer = json.loads(out.strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):  # a broken pipe, no answer line
+            self._proc.wait()
+            log.warning("the MLflow tracking process ended without an answer (exit code %s); logging from the run's own process", self._proc.returncode)
+            return False, None
+        for level, name, message in answer["records"]:
+            logging.getLogger(name).log(level, "%s", message)
+        return True, answer["run_id"]
+
+    def close(self) -> None:
+        """Stop it when it was never asked (the run failed or was interrupted)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
 class NullTracker:
     """`tracking=none`: results stay in the run folder only."""
 
@@ -211,8 +238,6 @@ class MLflowTracker:
     def ready_in_background(self) -> Iterator[MLflowTracker]:
         """Within: `log_or_keep` hands the run folder to a process started on entry, which has imported
         MLflow meanwhile (nbeval.tracking_process); the caller's process never imports it."""
-        from nbeval.tracking_process import TrackingProcess
-
         process = TrackingProcess({"uri": self.uri, "experiment": self.experiment, "http_retries": self.http_retries,
                                    "http_timeout": self.http_timeout, "check_timeout": self.check_timeout})
         self._process = process

@@ -2,6 +2,7 @@
 batches, for the default settings and the cheaper ones.
 
     python benchmarks/reference_sampling.py --threads 2 --device cpu
+    python benchmarks/reference_sampling.py --repeats 10 --batches 16 64 --settings 2/3 1/3 --out benchmarks/results/reference_sampling_one_step.md
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20, help="images timed one by one")
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--settings", nargs="+", metavar="STEPS/HEAD_STEPS", help="time these (no CFG) instead of the default rows, e.g. 2/3 1/3")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reference_sampling.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -41,11 +43,15 @@ def main() -> None:
         "4 steps, 5 head steps, no CFG (the preset until 2026-11-29)": Settings(steps=4, head_steps=5, cfg_scale=1.0),
         f"{Settings().steps} steps, {Settings().head_steps} head steps, CFG {Settings().cfg_scale} (the preset's)": Settings(),
     }
+    if args.settings:
+        pairs = [tuple(map(int, v.split("/"))) for v in args.settings]
+        variants = {f"{st} step{'s' * (st != 1)}, {hs} head steps, no CFG": Settings(steps=st, head_steps=hs, cfg_scale=1.0) for st, hs in pairs}
     model.generate(prompts[:2], [0, 1], Settings())  # warm-up
     lines = [
         "# Reference model sampling speed",
         "",
-        f"`python benchmarks/reference_sampling.py --checkpoint {args.checkpoint} --threads {args.threads} --device {args.device} --repeats {args.repeats} --batches {' '.join(map(str, args.batches))}`;",
+        f"`python benchmarks/reference_sampling.py --checkpoint {args.checkpoint} --threads {args.threads} --device {args.device} --repeats {args.repeats} "
+        f"--batches {' '.join(map(str, args.batches))}{' --settings ' + ' '.join(args.settings) if args.settings else ''} --out {args.out}`;",
         f"{hardware(args.device)}; torch {torch.__version__}, Python {platform.python_version()}; load average before the run {os.getloadavg()[0]:.1f}.",
         "Plan + tokens + decode, 128×128 output; prompts from the text_rendering and counting suites. Each image is",
         "drawn alone on one thread, as many side by side as there are threads (bit-identical at any batch size).",

@@ -140,7 +140,10 @@ class TrackingProcess:
     start, then logs the run folder it is handed (its protocol: that module's docstring)."""
 
     def __init__(self, settings: dict) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "nbeval.tracking_process", json.dumps(settings)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # its own session: a Ctrl-C meant for the run does not print the child's traceback; the run's
+        # `close` stops it, and a run that is killed outright leaves it to finish the upload it was given
+        self._proc = subprocess.Popen([sys.executable, "-m", "nbeval.tracking_process", json.dumps(settings)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
     def log_or_keep(self, out_dir: Path, parent_run_id: str | None, tags: dict) -> tuple[bool, str | None]:
         """(answered, the MLflow run id or None when the run was kept for `nbeval sync`). Not

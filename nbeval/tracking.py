@@ -1,9 +1,10 @@
 """MLflow tracking: one run per (model, suite set), a nested run per suite, under a multirun parent.
 
 Everything is logged from the finished run folder, after the work: tracking never slows or breaks
-the evaluation itself. `nbeval run` logs it from a process started with the run, which imports MLflow
-while the run works (`ready_in_background`, nbeval/tracking_process.py). Tracking goes where MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db),
-or to a shared MLflow server (`tracking.uri=http://host:5000`).
+the evaluation itself; `nbeval run` logs it from a process started with the run, which imports MLflow
+while the run works (`ready_in_background`, nbeval/tracking_process.py). Tracking goes where
+MLFLOW_TRACKING_URI points (default sqlite:///mlflow.db), or to a shared MLflow server
+(`tracking.uri=http://host:5000`).
 
 When the tracking store cannot be reached or fails during the upload, nothing is lost: the run folder
 already holds everything (results.json, summary.md, per suite its tables, sample grid and plots) and

@@ -5,8 +5,8 @@ much as the default job's whole warm run (every image and reading cached). `MLfl
 ready_in_background` starts this module when the run starts (nbeval.tracking.TrackingProcess): it
 imports them on the other core while the run works, then waits for the run's folder and logs it with
 `MLflowTracker.log_or_keep`, the call a run in one process makes (the PENDING_SYNC marker, the folder
-lock, `nbeval sync`: all unchanged). The run's own process never imports MLflow. When this process ends without an answer
-(killed, crashed), the run logs in its own process, as it did before.
+lock, `nbeval sync`: all unchanged). The run's own process never imports MLflow. When this process
+ends without an answer (killed, crashed), the run logs in its own process, as it did before.
 
 Protocol: the tracker's settings as argv[1] (JSON); on stdin one request line (`out_dir`,
 `parent_run_id`, `tags`), or end of input: nothing to log; on stdout one answer line (`run_id`, and

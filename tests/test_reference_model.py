@@ -148,3 +148,15 @@ def test_nbeval_run_uses_the_reference_model_by_default(tmp_path):
         assert res["suites"][suite]["n_samples"] == n
     edits = pd.read_parquet(tmp_path / "out" / res["suites"]["drift"]["tables"]["generations"])
     assert sorted(edits["turn"].value_counts().items()) == [(t, n) for t in range(6)]
+
+
+def test_the_reference_preset_samples_with_the_models_default_settings(compose_cfg):
+    """conf/model/reference.yaml lists the sampling knobs (so `model.steps=1` overrides them) and
+    `Settings` holds the same defaults, which the golden image and the benchmarks draw with: one copy
+    edited without the other would make the golden image no longer the preset's."""
+    from dataclasses import fields
+
+    preset = compose_cfg(["model=reference"]).model
+    defaults = Settings()
+    assert {f.name: preset[f.name] for f in fields(Settings) if f.name in preset} == {f.name: getattr(defaults, f.name) for f in fields(Settings) if f.name in preset}
+    assert {"steps", "head_steps", "cfg_scale", "temperature"} <= set(preset)

@@ -1,7 +1,7 @@
 """Why easyocr cannot read 6 images/s here: CRAFT's arithmetic on a 256 px image against what this
 CPU's fp32 units deliver. Counts the detector's FLOPs (torch's FlopCounterMode), times it at one
-thread in the scorer's layout (channels-last), and times a 2048² fp32 matmul at one thread as the
-attainable rate.
+thread in the scorer's layout (channels-last) and as an int8 copy (`ocr_settings.py`'s; calibrated on
+random inputs: timing only), and times a 2048² fp32 matmul at one thread as the attainable rate.
 
     OMP_NUM_THREADS=1 python benchmarks/ocr_detector_flops.py
 """
@@ -15,6 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nbeval.scorers.ocr import EasyOCRScorer
+from ocr_settings import int8_copy
 
 
 def seconds_per_call(fn, repeats: int) -> float:
@@ -36,9 +37,12 @@ def main() -> None:
             detector(x)
         flops = counter.get_total_flops()
         per_image = seconds_per_call(lambda: detector(x), 10)
+        int8 = int8_copy(detector, [torch.randn(1, 3, 256, 256) for _ in range(4)])
+        per_image_int8 = seconds_per_call(lambda: int8(x.contiguous()), 10)
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         matmul = 2 * 2048**3 / seconds_per_call(lambda: a @ b, 5)
     print(f"CRAFT on 256x256: {flops / 1e9:.1f} GFLOP; {per_image:.3f} s an image at one thread = {flops / per_image / 1e9:.0f} GFLOP/s")
+    print(f"the same detector in int8 (x86, no VNNI on AVX2): {per_image_int8:.3f} s an image at one thread")
     print(f"fp32 matmul 2048x2048 at one thread: {matmul / 1e9:.0f} GFLOP/s")
     print(f"6 images/s on 2 cores needs {3 * flops / 1e9:.0f} GFLOP/s a core for the detector alone")
 

@@ -7,13 +7,18 @@ the first setting's (the text alone, and whole: text, boxes and confidences).
     python benchmarks/ocr_settings.py --n 96 --variants oracle --out benchmarks/results/ocr_settings_speed.md
 
 A setting is `detect_side/batch_size/layout`: the side CRAFT sees (the recogniser reads crops at 256 px
-either way), images per detector call, and the detector's memory format ("nchw" is the code before
-channels-last). The first setting is the reference the others' readings are compared with.
+either way), images per detector call, and the detector's form: "cl" channels-last (the scorer's),
+"nchw" the code before channels-last, "int8" CRAFT quantised after training (torch.ao FX, x86 backend,
+per-channel int8 weights, activations calibrated on 16 clean text renders of another seed than the
+card's). The first setting is the reference the others' readings are compared with.
+
+    python benchmarks/ocr_settings.py --n 100 --settings 256/1/cl 256/1/int8 --out benchmarks/results/ocr_settings_int8.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 
@@ -77,12 +82,38 @@ def write_report(out: str, title: str, machine_extra: str, load0: float, command
     print("wrote", out)
 
 
-def read_all(setting: str, images: dict[str, tuple[list, list[str]]]) -> tuple[float, dict[str, list[dict]]]:
+def int8_copy(detector: torch.nn.Module, inputs: list[torch.Tensor]) -> torch.nn.Module:
+    """A post-training int8 copy of CRAFT (torch.ao FX, x86 backend: per-channel weights), its
+    activation ranges those the detector sees on `inputs`."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(copy.deepcopy(detector).to(memory_format=torch.contiguous_format).eval(), get_default_qconfig_mapping("x86"), (inputs[0],))
+    with torch.no_grad():
+        for x in inputs:
+            prepared(x)
+    return convert_fx(prepared)
+
+
+def quantize_detector(scorer: EasyOCRScorer, calibration: list) -> None:
+    """Swap the scorer's CRAFT for its int8 copy, calibrated on what CRAFT sees of `calibration`
+    (easyocr's own preprocessing, captured by a hook on a float reading)."""
+    detector, inputs = scorer.reader.detector, []
+    hook = detector.register_forward_pre_hook(lambda _module, args: inputs.append(args[0].contiguous()))
+    scorer.read(calibration, [{}] * len(calibration))
+    hook.remove()
+    scorer.reader.detector = int8_copy(detector, inputs)
+
+
+def read_all(setting: str, images: dict[str, tuple[list, list[str]]], seed: int) -> tuple[float, dict[str, list[dict]]]:
     """images/s and readings of one `detect_side/batch_size/layout` setting."""
     side, batch, layout = setting.split("/")
     scorer = EasyOCRScorer(detect_side=int(side), batch_size=int(batch))
     if layout == "nchw":
         scorer.reader.detector = scorer.reader.detector.to(memory_format=torch.contiguous_format)
+    elif layout == "int8":
+        quantize_detector(scorer, card_images(16, seed + 999, {"oracle"})["oracle"][0])
     return timed_reads(scorer, images, warmup=8)
 
 
@@ -90,7 +121,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", nargs="*", default=SETTINGS, help="detect_side/batch_size/{cl,nchw}; the first is the reference")
+    p.add_argument("--settings", nargs="*", default=SETTINGS, help="detect_side/batch_size/{cl,nchw,int8}; the first is the reference")
     p.add_argument("--variants", nargs="*", default=None, help="card models to keep (oracle, oracle_blur, oracle_style); default all")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -98,7 +129,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows, reference = [], None
     for setting in args.settings:
-        rate, readings = read_all(setting, images)
+        rate, readings = read_all(setting, images, args.seed)
         reference = reference or readings
         exact = {label: sum(compare(t, r["text"])["exact_match"] for t, r in zip(texts, readings[label])) for label, (_, texts) in images.items()}
         flat, ref = [r for v in readings.values() for r in v], [r for v in reference.values() for r in v]
